@@ -1,0 +1,1 @@
+"""The HTTP transport stack: small layers over one ``send(request)`` call."""

@@ -1,0 +1,173 @@
+"""Image references for every transport: ``docker://``, bare Docker refs, and ``oci:``.
+
+Docker references follow distribution/reference (``normalize.go``): a first path component is a
+registry host when it is ``localhost`` or contains ``.`` or ``:``; otherwise the image lives on
+Docker Hub, whose official images are ``library/<name>``. Digests are validated here, before
+any URL or path is built from them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from ociflow.digest import Digest
+from ociflow.errors import InvalidDigestError, InvalidReferenceError
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+DEFAULT_TAG = "latest"
+
+_HOST_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST = re.compile(
+    rf"(?:{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?"
+)
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
+TAG_PATTERN = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+# org.opencontainers.image.ref.name (image-spec annotations.md)
+_REF_NAME = re.compile(r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*")
+MAX_NAME_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryReference:
+    """``registry/repository[:tag][@digest]``; ``registry`` is ``host[:port]`` as written."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @property
+    def host(self) -> str:
+        """The registry host without port or IPv6 brackets."""
+        host = self.registry
+        if host.startswith("["):
+            return host[1 : host.index("]")]
+        return host.rsplit(":", 1)[0] if ":" in host else host
+
+    @property
+    def api_host(self) -> str:
+        """Where the API is served (Docker Hub's ``docker.io`` is ``registry-1.docker.io``)."""
+        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+
+    @property
+    def is_loopback(self) -> bool:
+        host = self.host
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def with_(self, *, tag: str | None = None, digest: Digest | None = None) -> RegistryReference:
+        return RegistryReference(self.registry, self.repository, tag, digest)
+
+    def __str__(self) -> str:
+        text = f"{self.registry}/{self.repository}"
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutReference:
+    """``oci:PATH[:TAG|@DIGEST]``: an OCI image layout directory and an entry in its index."""
+
+    path: str
+    tag: str | None = None
+    digest: Digest | None = None
+
+    def __str__(self) -> str:
+        text = f"oci:{self.path}"
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+Reference = RegistryReference | LayoutReference
+
+
+def parse_reference(text: str) -> Reference:
+    """Parse a reference with its transport prefix; a bare reference is ``docker://``."""
+    if not isinstance(text, str) or not text or "\x00" in text:
+        raise InvalidReferenceError(f"invalid reference {text!r}")
+    if text.startswith("docker://"):
+        return parse_docker_reference(text[len("docker://") :])
+    if text.startswith("oci:"):
+        return parse_layout_reference(text[len("oci:") :])
+    scheme = text.split(":", 1)[0]
+    if "://" in text or scheme in ("docker-archive", "oci-archive", "dir", "docker-daemon"):
+        raise InvalidReferenceError(f"unsupported transport in reference {text!r}")
+    return parse_docker_reference(text)
+
+
+def parse_docker_reference(text: str) -> RegistryReference:
+    """Parse ``[host[:port]/]repo[:tag][@digest]`` with docker.io normalisation."""
+    original = text
+    name, at, digest_text = text.partition("@")
+    digest = _digest(digest_text, original) if at else None
+    last_slash = name.rfind("/")
+    tag: str | None = None
+    colon = name.rfind(":")
+    if colon > last_slash:
+        name, tag = name[:colon], name[colon + 1 :]
+        if not TAG_PATTERN.fullmatch(tag):
+            raise InvalidReferenceError(f"invalid tag {tag!r} in reference {original!r}")
+    first, slash, rest = name.partition("/")
+    if slash and (first == "localhost" or "." in first or ":" in first or first != first.lower()):
+        registry, repository = first, rest
+        if not _HOST.fullmatch(registry):
+            raise InvalidReferenceError(f"invalid registry {registry!r} in reference {original!r}")
+    else:
+        registry, repository = DOCKER_HUB, name
+    if registry == "index.docker.io":
+        registry = DOCKER_HUB
+    if registry == DOCKER_HUB and "/" not in repository:
+        repository = f"library/{repository}"
+    if not _REPOSITORY.fullmatch(repository):
+        raise InvalidReferenceError(
+            f"invalid repository {repository!r} in reference {original!r} "
+            "(lowercase letters, digits and . _ - separators)"
+        )
+    if len(registry) + 1 + len(repository) > MAX_NAME_LENGTH:
+        raise InvalidReferenceError(f"reference {original[:80]!r}... is longer than 255 characters")
+    if tag is None and digest is None:
+        tag = DEFAULT_TAG
+    return RegistryReference(registry, repository, tag, digest)
+
+
+def parse_layout_reference(text: str) -> LayoutReference:
+    """Parse ``PATH[:TAG]`` or ``PATH@DIGEST`` (the path itself holds no ``:``, as in skopeo)."""
+    original = text
+    digest: Digest | None = None
+    tag: str | None = None
+    if "@" in text:
+        text, _, digest_text = text.rpartition("@")
+        digest = _digest(digest_text, original)
+    elif ":" in text:
+        text, _, tag = text.partition(":")
+        if not tag or not _REF_NAME.fullmatch(tag):
+            raise InvalidReferenceError(f"invalid layout tag {tag!r} in oci:{original}")
+    if not text:
+        raise InvalidReferenceError(f"oci:{original}: no layout path")
+    return LayoutReference(text, tag, digest)
+
+
+def is_valid_ref_name(name: str) -> bool:
+    """Does ``name`` follow the ``org.opencontainers.image.ref.name`` grammar?"""
+    return bool(_REF_NAME.fullmatch(name))
+
+
+def _digest(text: str, reference: str) -> Digest:
+    try:
+        return Digest(text)
+    except InvalidDigestError as exc:
+        raise InvalidReferenceError(f"reference {reference[:120]!r}: {exc}") from None

@@ -1,0 +1,76 @@
+"""Verified blob streams: hash while streaming, refuse to deliver the last chunk of bad content.
+
+Hashing runs in a worker thread (``hashlib`` releases the GIL on large buffers), overlapped with
+whatever the consumer does with the chunk and with the next network read, so on two cores
+verification costs little wall time. Memory: at most two chunks per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+
+from ociflow.descriptor import Descriptor
+from ociflow.digest import Verifier
+from ociflow.errors import DigestMismatchError
+
+
+async def verified(
+    chunks: AsyncIterator[bytes],
+    desc: Descriptor,
+    on_bytes: Callable[[int], None] | None = None,
+    what: str = "blob",
+) -> AsyncIterator[bytes]:
+    """Yield ``chunks`` unchanged, checking them against ``desc``.
+
+    Raises :class:`DigestMismatchError` before yielding the chunk that completes the expected
+    size if the digest is wrong, when the source ends short, or when it sends more than
+    ``desc.size`` bytes. ``on_bytes`` is told of every chunk delivered (for progress).
+    """
+    verifier = Verifier(desc.digest, desc.size, f"{what} {desc.media_type}")
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[None] | None = None
+    async with aclosing(chunks):
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                if pending is not None:
+                    await pending
+                    pending = None
+                if verifier.received + len(chunk) >= desc.size:
+                    # The last chunk (or an overrun): verify fully before letting it out.
+                    await loop.run_in_executor(None, _finish, verifier, chunk)
+                    if on_bytes:
+                        on_bytes(len(chunk))
+                    yield chunk
+                    continue
+                pending = loop.run_in_executor(None, verifier.update, chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
+                yield chunk
+            if pending is not None:
+                await pending
+                pending = None
+        finally:
+            if pending is not None:
+                # Never leave a hashing thread running past the stream's life.
+                await asyncio.shield(pending)
+    if desc.size == 0 or verifier.received < desc.size:
+        verifier.verify()
+
+
+def _finish(verifier: Verifier, chunk: bytes) -> None:
+    verifier.update(chunk)
+    verifier.verify()
+
+
+async def drain(stream: AsyncIterator[bytes]) -> None:
+    """Consume a stream to its end (verifying it, if it is a verified stream)."""
+    async with aclosing(stream):
+        async for _ in stream:
+            pass
+
+
+__all__ = ["DigestMismatchError", "drain", "verified"]

@@ -1,0 +1,1 @@
+"""Target kinds: one module each (registry, layout; archives later)."""

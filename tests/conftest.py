@@ -1,0 +1,73 @@
+"""Shared fixtures: real registries on loopback, and the independent tools skopeo and umoci.
+
+In CI (``CI`` set) a missing binary is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.registry_server import RegistryServer, start_registry
+
+SAMPLE_LAYOUT = Path(__file__).resolve().parent.parent / "bench_data" / "sample"
+
+
+def require_binary(name: str) -> str:
+    """The path of ``name``; fails in CI and skips elsewhere when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (the test command installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """One real distribution registry for the whole session (tests use distinct repositories)."""
+    require_binary("docker-registry")
+    server = start_registry(tmp_path_factory.mktemp("registry"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A second, independent registry, for registry-to-registry copies."""
+    require_binary("docker-registry")
+    server = start_registry(tmp_path_factory.mktemp("registry2"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def repo(request: pytest.FixtureRequest) -> str:
+    """A repository name unique to the test."""
+    name = request.node.name.lower()
+    cleaned = "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    while "--" in cleaned:
+        cleaned = cleaned.replace("--", "-")
+    return f"t/{cleaned[:100]}"
+
+
+@pytest.fixture(scope="session")
+def skopeo() -> str:
+    return require_binary("skopeo")
+
+
+@pytest.fixture(scope="session")
+def umoci() -> str:
+    return require_binary("umoci")
+
+
+@pytest.fixture(scope="session")
+def sample_layout() -> Path:
+    """The committed two-platform sample image (an OCI layout, tag ``1.0``)."""
+    assert (SAMPLE_LAYOUT / "index.json").is_file(), "bench_data/sample is missing"
+    return SAMPLE_LAYOUT
