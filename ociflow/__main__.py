@@ -1,0 +1,7 @@
+"""``python -m ociflow``."""
+
+import sys
+
+from ociflow.cli import main
+
+sys.exit(main())

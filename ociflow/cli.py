@@ -1,0 +1,125 @@
+"""The ``ociflow`` command line: argparse front end over the Python API.
+
+Heavy modules (aiohttp, the engine) are imported only when a command runs, so ``--version``
+and ``--help`` start fast. Every error becomes one line on stderr and exit code 1 (2 for usage
+errors, 130 for an interrupt); ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from ociflow import __version__
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ociflow", description="Copy container images and OCI artifacts, fast and verified."
+    )
+    parser.add_argument("--version", action="version", version=f"ociflow {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    copy = commands.add_parser(
+        "copy",
+        help="copy an image or index between registries and OCI layouts",
+        description="Copy SRC to DST. References: docker://HOST/REPO[:TAG][@DIGEST], bare "
+        "Docker references (docker.io by default), oci:PATH[:TAG|@DIGEST].",
+    )
+    copy.add_argument("src", metavar="SRC")
+    copy.add_argument("dst", metavar="DST")
+    copy.add_argument("-j", "--jobs", type=_positive, default=4,
+                      help="concurrent blob transfers (default 4)")
+    copy.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                      help="copy only this platform's manifest of a multi-platform index")
+    copy.add_argument("--plain-http", action="store_true",
+                      help="use plain HTTP for registries (never for credentials you care about)")
+    copy.add_argument("--insecure", action="store_true",
+                      help="do not verify registry TLS certificates")
+    copy.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    copy.add_argument("--json", action="store_true",
+                      help="print the result as one JSON object on stdout")
+    copy.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (also used by the console script)."""
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help(sys.stderr)
+        return EXIT_USAGE
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _copy(args)
+    except KeyboardInterrupt:
+        print("ociflow: interrupted; run the same command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        from ociflow.errors import CancelledTransferError, OciflowError
+
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(exc, CancelledTransferError):
+            print(f"ociflow: {exc}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if isinstance(exc, OciflowError | ValueError):
+            print(f"ociflow: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"ociflow: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _copy(args: argparse.Namespace) -> int:
+    from ociflow.copy import copy_sync
+    from ociflow.http.transport import HttpOptions
+    from ociflow.progress import Progress, TqdmProgress
+
+    show_bars = not (args.quiet or args.json) and sys.stderr.isatty()
+    progress: Progress = TqdmProgress() if show_bars else Progress()
+    result = copy_sync(
+        args.src,
+        args.dst,
+        jobs=args.jobs,
+        platform=args.platform,
+        progress=progress,
+        options=HttpOptions(plain_http=args.plain_http, insecure=args.insecure),
+    )
+    if args.json:
+        print(json.dumps(result.to_json()))
+    elif not args.quiet:
+        print(
+            f"Copied {result.source} -> {result.destination}\n"
+            f"  {result.media_type} {result.digest}\n"
+            f"  blobs: {result.blobs_copied} copied, {result.blobs_skipped} skipped, "
+            f"{result.blobs_mounted} mounted; {_size(result.bytes_transferred)} transferred"
+        )
+    return 0
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{count} B"
+        value /= 1024
+    raise AssertionError("unreachable")
