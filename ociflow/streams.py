@@ -8,7 +8,7 @@ verification costs little wall time. Memory: at most two chunks per stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
 from ociflow.descriptor import Descriptor
@@ -17,11 +17,11 @@ from ociflow.errors import DigestMismatchError
 
 
 async def verified(
-    chunks: AsyncIterator[bytes],
+    chunks: AsyncGenerator[bytes, None],
     desc: Descriptor,
     on_bytes: Callable[[int], None] | None = None,
     what: str = "blob",
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield ``chunks`` unchanged, checking them against ``desc``.
 
     Raises :class:`DigestMismatchError` before yielding the chunk that completes the expected
@@ -66,7 +66,7 @@ def _finish(verifier: Verifier, chunk: bytes) -> None:
     verifier.verify()
 
 
-async def drain(stream: AsyncIterator[bytes]) -> None:
+async def drain(stream: AsyncGenerator[bytes, None]) -> None:
     """Consume a stream to its end (verifying it, if it is a verified stream)."""
     async with aclosing(stream):
         async for _ in stream:

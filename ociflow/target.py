@@ -8,7 +8,7 @@ Targets declare :class:`Capabilities`; the engine adapts to them and never sniff
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # worker-thread hop per chunk is cheap, small enough that jobs x 2 chunks stays a few MiB.
 CHUNK_SIZE = 1024 * 1024
 
-BlobStream = AsyncIterator[bytes]
+BlobStream = AsyncGenerator[bytes, None]
 """Chunks of one blob, in order. Close it with ``aclose()`` when not read to the end."""
 
 Opener = Callable[[], BlobStream]

@@ -92,7 +92,9 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         assert self._client is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host",)}
+        # The Host header is kept: the registry builds absolute Location URLs from it, and
+        # they must point back at the proxy.
+        headers = dict(request.headers)
         body = await request.read()
         async with self._client.request(
             request.method,

@@ -1,0 +1,664 @@
+"""The OCI image layout target: a directory read as a Source and written as a Destination.
+
+Layout (image-spec image-layout.md, protocol.md §2.7): ``oci-layout``, ``index.json`` (an image
+index whose entries carry tags as ``org.opencontainers.image.ref.name``) and
+``blobs/<alg>/<encoded>``.
+
+Safety (reliability.md I1, L1-L5, L8): blob paths are built only from validated digests and
+opened one component at a time without following symlinks, so a symlink, FIFO or directory in
+``blobs/`` is refused and nothing outside the layout root is read; ``ref.name`` is never a
+path; ``oci-layout`` and ``index.json`` reads are capped (CVE-2023-25153). Writes stream into
+``.ociflow-ingest/`` (outside ``blobs/``, so other tools never see partial files), are fsync'd,
+then renamed into place; ``index.json`` is replaced atomically under an exclusive ``flock`` on
+``.ociflow.lock`` so concurrent writers lose no entries. Renames into ``blobs/<alg>`` are made
+durable once per :meth:`LayoutTarget.push_root` (before ``index.json`` refers to them), not per
+blob. All file I/O runs in worker threads.
+
+``index.json`` is read with the manifest cap (:data:`~ociflow.manifest.MAX_MANIFEST_SIZE`)
+rather than a larger one, because it is validated with :func:`~ociflow.manifest.parse_manifest`,
+which refuses anything bigger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from typing import Any, ParamSpec, TypeVar
+
+from ociflow import mediatypes
+from ociflow.descriptor import Descriptor
+from ociflow.digest import Digest, verify_bytes
+from ociflow.errors import (
+    DigestMismatchError,
+    InvalidManifestError,
+    InvalidReferenceError,
+    LayoutError,
+    NotFoundError,
+)
+from ociflow.manifest import MAX_MANIFEST_SIZE, Manifest, parse_manifest
+from ociflow.reference import LayoutReference, Reference, is_valid_ref_name
+from ociflow.target import CHUNK_SIZE, BlobStream, Capabilities, Opener, Source
+from ociflow.targets import fsutil
+
+OCI_LAYOUT_FILE = "oci-layout"
+INDEX_FILE = "index.json"
+BLOBS_DIR = "blobs"
+INGEST_DIR = ".ociflow-ingest"
+LOCK_FILE = ".ociflow.lock"
+PARTIAL_SUFFIX = ".partial"
+LAYOUT_VERSION = "1.0.0"
+REF_NAME = "org.opencontainers.image.ref.name"
+# containerd (and Docker's containerd store) record the full image name here (protocol.md §2.7).
+CONTAINERD_NAME = "io.containerd.image.name"
+MAX_OCI_LAYOUT_SIZE = 64 * 1024
+MAX_INDEX_SIZE = MAX_MANIFEST_SIZE
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+_OCI_LAYOUT_BYTES = json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
+_EMPTY_INDEX = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": []}
+# Names ociflow itself may have left in a directory before it became a complete layout.
+_OWN_NAMES = frozenset({INDEX_FILE, BLOBS_DIR, INGEST_DIR, LOCK_FILE})
+# fsutil.atomic_write names its temp files ".<name>.<random>.tmp".
+_ROOT_TEMP_PREFIXES = (f".{INDEX_FILE}.", f".{OCI_LAYOUT_FILE}.")
+
+
+@dataclass(slots=True)
+class _Partial:
+    """A locked temp file in the ingest directory, and that directory's descriptor."""
+
+    fd: int
+    name: str
+    ingest_fd: int
+
+    def close(self, *, discard: bool) -> None:
+        # Runs on the event loop, also while a task is being cancelled: one unlink and two
+        # closes, too small to be worth a thread hop that cancellation could skip.
+        try:
+            if discard:
+                fsutil.unlink_quietly(self.name, self.ingest_fd)
+        finally:
+            os.close(self.fd)
+            os.close(self.ingest_fd)
+
+
+class LayoutTarget:
+    """An OCI image layout directory, as a :class:`Source` and a :class:`Destination`.
+
+    With ``create``, writing creates the layout if the directory is missing or empty.
+    """
+
+    def __init__(self, reference: LayoutReference, *, create: bool = False) -> None:
+        self.reference: Reference = reference
+        self.capabilities = Capabilities(concurrent_writes=True, mount=False)
+        self._ref = reference
+        self._path = reference.path
+        self._where = f"oci:{reference.path}"
+        self._create = create
+        self._prepared = False
+        self._prepare_lock = asyncio.Lock()
+        # blobs/<alg> directories holding renames not yet made durable (fsync'd in push_root).
+        self._dirty: set[str] = set()
+
+    # ---- Source ------------------------------------------------------------------------------
+
+    async def resolve(self) -> Descriptor:
+        """The index.json entry named by the reference: by digest, else tag, else the only one."""
+        index = await asyncio.to_thread(self._guard("reading the layout", self._read_layout))
+        return _without_names(self._select(index.manifests))
+
+    async def fetch_manifest(self, desc: Descriptor) -> bytes:
+        """The verified bytes of the manifest blob ``desc`` (at most MAX_MANIFEST_SIZE)."""
+        digest = Digest(desc.digest)
+        if desc.size > MAX_MANIFEST_SIZE:
+            raise InvalidManifestError(
+                f"{self._where}: manifest {digest} of {desc.size} bytes exceeds the "
+                f"{MAX_MANIFEST_SIZE}-byte cap"
+            )
+        read = self._guard(f"reading manifest {digest}", self._read_manifest)
+        return await asyncio.to_thread(read, digest, desc.size)
+
+    async def fetch_blob(self, desc: Descriptor) -> AsyncGenerator[bytes, None]:
+        """The raw content of blob ``desc`` in chunks of CHUNK_SIZE (verified by the caller).
+
+        The file must be a regular file of exactly ``desc.size`` bytes, checked before reading.
+        The next chunk is read in a worker thread while the consumer handles the current one.
+        """
+        digest = Digest(desc.digest)
+        loop = asyncio.get_running_loop()
+        read = self._guard(f"reading blob {digest}", os.read)
+        fd = await asyncio.to_thread(
+            self._guard(f"opening blob {digest}", self._open_blob), digest, desc.size
+        )
+        remaining = desc.size
+        pending: asyncio.Future[bytes] | None = None
+        try:
+            if remaining:
+                pending = loop.run_in_executor(None, read, fd, min(CHUNK_SIZE, remaining))
+            while pending is not None:
+                # shield: a cancelled await must not look like a finished read, or the fd
+                # would be closed under the worker thread still reading it.
+                chunk = await asyncio.shield(pending)
+                pending = None
+                if not chunk:
+                    break  # truncated under us: the verifier reports the short stream
+                remaining -= len(chunk)
+                if remaining > 0:
+                    pending = loop.run_in_executor(None, read, fd, min(CHUNK_SIZE, remaining))
+                yield chunk
+        finally:
+            _after(pending, lambda: os.close(fd))
+
+    # ---- Destination -------------------------------------------------------------------------
+
+    async def exists(self, desc: Descriptor) -> bool:
+        """A regular file of ``desc.size`` bytes is at the blob path (a symlink is an error)."""
+        digest = Digest(desc.digest)
+        check = self._guard(f"checking blob {digest}", self._exists)
+        return await asyncio.to_thread(check, digest, desc.size)
+
+    async def mount(self, desc: Descriptor, source: Source) -> bool:
+        """Layouts cannot mount; the engine pushes instead."""
+        return False
+
+    async def push_blob(self, desc: Descriptor, open_stream: Opener) -> None:
+        """Store a blob from a verified stream; it appears at its final path only when complete.
+
+        A blob already present is left untouched and its stream never opened.
+        """
+        digest = Digest(desc.digest)
+        await self._prepare()
+        if await self.exists(desc):
+            return
+        await self._ingest(digest, desc.size, open_stream())
+
+    async def push_manifest(self, desc: Descriptor, data: bytes) -> None:
+        """Verify ``data`` against ``desc`` and store it as a blob."""
+        digest = Digest(desc.digest)
+        await asyncio.to_thread(verify_bytes, data, digest, desc.size, f"{self._where}: manifest")
+        await self._prepare()
+        if await self.exists(desc):
+            return
+        await self._ingest(digest, desc.size, _single(data))
+
+    async def push_root(self, desc: Descriptor, data: bytes, tag: str | None) -> None:
+        """Store the root manifest, then record it in index.json (tagged, or untagged).
+
+        A tag moves: other entries with the same ``ref.name`` are removed. Other entries are
+        written back exactly as read, unknown fields included.
+        """
+        if tag is not None and not is_valid_ref_name(tag):
+            raise InvalidReferenceError(f"{self._where}: invalid tag {tag!r} for an OCI layout")
+        await self.push_manifest(desc, data)
+        await asyncio.to_thread(self._guard(f"updating {INDEX_FILE}", self._publish), desc, tag)
+
+    async def close(self) -> None:
+        """Remove the ingest directory if this target wrote and left it empty."""
+        if self._prepared:
+            await asyncio.to_thread(self._guard("cleaning up", self._remove_ingest_dir))
+
+    # ---- reading (worker threads) ------------------------------------------------------------
+
+    def _guard(self, operation: str, fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        """``fn``, with an OSError (ENOSPC, EACCES, ...) raised as a LayoutError naming the
+        layout and ``operation``."""
+
+        def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return fn(*args, **kwargs)
+            except OSError as exc:
+                detail = exc.strerror or str(exc)
+                if exc.filename is not None:
+                    detail += f": {os.fsdecode(exc.filename)}"
+                raise LayoutError(f"{self._where}: {operation}: {detail}") from exc
+
+        return call
+
+    def _open_root(self) -> int:
+        try:
+            return fsutil.open_root(self._path, self._where)
+        except FileNotFoundError:
+            raise LayoutError(
+                f"{self._where}: not an OCI image layout (no such directory)"
+            ) from None
+
+    def _read_layout(self) -> Manifest:
+        root = self._open_root()
+        try:
+            return self._check_layout(root)
+        finally:
+            os.close(root)
+
+    def _check_layout(self, root: int) -> Manifest:
+        """Validate ``oci-layout`` and return the parsed ``index.json``."""
+        marker = fsutil.read_file(
+            OCI_LAYOUT_FILE, root, f"{self._where}: {OCI_LAYOUT_FILE}", MAX_OCI_LAYOUT_SIZE
+        )
+        if marker is None:
+            raise LayoutError(f"{self._where}: not an OCI image layout (no {OCI_LAYOUT_FILE})")
+        try:
+            version = json.loads(marker).get("imageLayoutVersion")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            version = None
+        if not isinstance(version, str) or version.split(".")[0] != "1":
+            raise LayoutError(
+                f"{self._where}: invalid {OCI_LAYOUT_FILE}: "
+                f"expected imageLayoutVersion {LAYOUT_VERSION!r}"
+            )
+        index, _ = self._read_index(root)
+        return index
+
+    def _read_index(self, root: int) -> tuple[Manifest, bytes]:
+        data = fsutil.read_file(INDEX_FILE, root, f"{self._where}: {INDEX_FILE}", MAX_INDEX_SIZE)
+        if data is None:
+            raise LayoutError(f"{self._where}: not an OCI image layout (no {INDEX_FILE})")
+        try:
+            index = parse_manifest(data, mediatypes.OCI_INDEX)
+        except InvalidManifestError as exc:
+            raise LayoutError(f"{self._where}: invalid {INDEX_FILE}: {exc}") from None
+        return index, data
+
+    def _blob_dir(self, root: int, digest: Digest, *, create: bool = False) -> int:
+        """``blobs/<alg>`` opened without following symlinks (FileNotFoundError if missing)."""
+        blobs = fsutil.open_dir(BLOBS_DIR, root, f"{self._where}: {BLOBS_DIR}", create=create)
+        try:
+            return fsutil.open_dir(
+                digest.algorithm,
+                blobs,
+                f"{self._where}: {BLOBS_DIR}/{digest.algorithm}",
+                create=create,
+            )
+        finally:
+            os.close(blobs)
+
+    def _open_blob(self, digest: Digest, size: int, what: str = "blob") -> int:
+        """Open a blob for reading; it must be a regular file of ``size`` bytes."""
+        root = self._open_root()
+        try:
+            alg = self._blob_dir(root, digest)
+            try:
+                fd, st = fsutil.open_regular(digest.encoded, alg, f"{self._where}: {what} {digest}")
+            finally:
+                os.close(alg)
+        except FileNotFoundError:
+            raise NotFoundError(f"{self._where}: {what} {digest} not found in the layout") from None
+        finally:
+            os.close(root)
+        if st.st_size != size:
+            os.close(fd)
+            raise DigestMismatchError(
+                f"{self._where}: {what} {digest}: size mismatch, expected {size} bytes, "
+                f"the layout holds {st.st_size}"
+            )
+        return fd
+
+    def _read_manifest(self, digest: Digest, size: int) -> bytes:
+        fd = self._open_blob(digest, size, "manifest")
+        try:
+            data = fsutil.read_limited(fd, size)
+        finally:
+            os.close(fd)
+        verify_bytes(data, digest, size, f"{self._where}: manifest")
+        return data
+
+    def _select(self, entries: tuple[Descriptor, ...]) -> Descriptor:
+        ref = self._ref
+        if ref.digest is not None:
+            for entry in entries:
+                if entry.digest == ref.digest:
+                    return entry
+            raise NotFoundError(f"{ref}: manifest {ref.digest} is not listed in {INDEX_FILE}")
+        if ref.tag is not None:
+            matches = [e for e in entries if _annotation(e, REF_NAME) == ref.tag] or [
+                e
+                for e in entries
+                if (_annotation(e, CONTAINERD_NAME) or "").endswith(f":{ref.tag}")
+            ]
+            if not matches:
+                raise NotFoundError(
+                    f"{ref}: tag not found in the layout (available: {_tags(entries)})"
+                )
+            if len({m.digest for m in matches}) > 1:
+                raise LayoutError(
+                    f"{ref}: the tag names {len(matches)} different manifests in {INDEX_FILE}"
+                )
+            return matches[0]
+        if len(entries) == 1:
+            return entries[0]
+        if not entries:
+            raise NotFoundError(f"{ref}: the layout's {INDEX_FILE} lists no images")
+        raise NotFoundError(
+            f"{ref}: the layout holds {len(entries)} images; name one with :TAG or @DIGEST "
+            f"(available: {_tags(entries)})"
+        )
+
+    # ---- writing (worker threads) ------------------------------------------------------------
+
+    def _exists(self, digest: Digest, size: int) -> bool:
+        try:
+            root = fsutil.open_root(self._path, self._where)
+        except FileNotFoundError:
+            return False
+        try:
+            alg = self._blob_dir(root, digest)
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(root)
+        try:
+            st = fsutil.lstat_regular(digest.encoded, alg, f"{self._where}: blob {digest}")
+        finally:
+            os.close(alg)
+        return st is not None and st.st_size == size
+
+    async def _prepare(self) -> None:
+        """Check (or create) the layout once, and sweep temp files abandoned by dead writers."""
+        async with self._prepare_lock:
+            if not self._prepared:
+                await asyncio.to_thread(self._guard("preparing the layout", self._prepare_sync))
+                self._prepared = True
+
+    def _prepare_sync(self) -> None:
+        if self._create:
+            try:
+                os.makedirs(self._path, exist_ok=True)
+            except FileExistsError:
+                raise LayoutError(f"{self._where}: not a directory") from None
+        root = self._open_root()
+        try:
+            names = set(os.listdir(root))
+            if OCI_LAYOUT_FILE not in names:
+                if not self._create:
+                    raise LayoutError(
+                        f"{self._where}: not an OCI image layout (no {OCI_LAYOUT_FILE})"
+                    )
+                foreign = sorted(n for n in names if not _is_own(n))
+                if foreign:
+                    raise LayoutError(
+                        f"{self._where}: the directory is neither empty nor an OCI image layout "
+                        f"(it holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})"
+                    )
+                with fsutil.exclusive_lock(LOCK_FILE, root):
+                    self._create_layout(root)
+            self._check_layout(root)
+            os.close(fsutil.open_dir(BLOBS_DIR, root, f"{self._where}: {BLOBS_DIR}", create=True))
+            try:
+                ingest = fsutil.open_dir(INGEST_DIR, root, f"{self._where}: {INGEST_DIR}")
+            except FileNotFoundError:
+                return
+            try:
+                fsutil.sweep_abandoned(PARTIAL_SUFFIX, ingest)
+            finally:
+                os.close(ingest)
+        finally:
+            os.close(root)
+
+    def _create_layout(self, root: int) -> None:
+        """Make ``root`` a layout; called under the lock, so a racing creator finds it done."""
+        _remove_stale_temps(root)
+        names = set(os.listdir(root))
+        if OCI_LAYOUT_FILE in names:
+            return
+        os.close(fsutil.open_dir(BLOBS_DIR, root, f"{self._where}: {BLOBS_DIR}", create=True))
+        if INDEX_FILE in names:
+            self._read_index(root)  # keep a valid index left by an interrupted creation
+        else:
+            fsutil.atomic_write(INDEX_FILE, root, _dump(_EMPTY_INDEX))
+        # oci-layout last: its presence says the layout is complete.
+        fsutil.atomic_write(OCI_LAYOUT_FILE, root, _OCI_LAYOUT_BYTES)
+
+    async def _ingest(self, digest: Digest, size: int, stream: BlobStream) -> None:
+        """Stream into a locked temp file, fsync it, and rename it to ``blobs/<alg>/<enc>``.
+
+        Writing chunk i in a worker thread overlaps producing chunk i+1. On any failure the
+        temp file is removed and nothing appears at the final path.
+        """
+        loop = asyncio.get_running_loop()
+        operation = f"writing blob {digest}"
+        write = self._guard(operation, fsutil.write_all)
+        begin = loop.run_in_executor(None, self._guard(operation, self._begin), digest)
+        try:
+            partial = await asyncio.shield(begin)
+        except asyncio.CancelledError:
+            begin.add_done_callback(_discard_partial)
+            raise
+        inflight: asyncio.Future[None] | None = None
+        committed = False
+        try:
+            written = 0
+            async with aclosing(_closable(stream)) as chunks:
+                async for chunk in chunks:
+                    written += len(chunk)
+                    if written > size:
+                        raise DigestMismatchError(
+                            f"{self._where}: blob {digest}: received more than the expected "
+                            f"{size} bytes"
+                        )
+                    if inflight is not None:
+                        await asyncio.shield(inflight)
+                    inflight = loop.run_in_executor(None, write, partial.fd, chunk)
+                if inflight is not None:
+                    await asyncio.shield(inflight)
+            if written != size:
+                raise DigestMismatchError(
+                    f"{self._where}: blob {digest}: size mismatch, expected {size} bytes, "
+                    f"received {written}"
+                )
+            commit = self._guard(operation, self._commit)
+            inflight = loop.run_in_executor(None, commit, partial, digest, size)
+            await asyncio.shield(inflight)
+            committed = True
+        finally:
+            try:
+                if inflight is not None and not inflight.done():
+                    # A worker thread cannot be interrupted: let it finish before cleaning up.
+                    await asyncio.wait({inflight})
+            finally:
+                # Cancelled again while waiting: clean up when the worker is done.
+                _after(inflight, lambda: partial.close(discard=not committed))
+
+    def _begin(self, digest: Digest) -> _Partial:
+        root = self._open_root()
+        try:
+            # Create blobs/<alg> now, so that a layout error surfaces before any transfer.
+            os.close(self._blob_dir(root, digest, create=True))
+            attempts = 5
+            while True:
+                try:
+                    return self._create_partial(root, digest)
+                except FileNotFoundError:
+                    # Another writer's close() removed the empty ingest directory between
+                    # our mkdir and create; once our file is in it, it cannot be removed.
+                    attempts -= 1
+                    if not attempts:
+                        raise
+        finally:
+            os.close(root)
+
+    def _create_partial(self, root: int, digest: Digest) -> _Partial:
+        ingest = fsutil.open_dir(INGEST_DIR, root, f"{self._where}: {INGEST_DIR}", create=True)
+        try:
+            fd, name = fsutil.create_locked_temp(
+                f"{digest.algorithm}-{digest.encoded}", PARTIAL_SUFFIX, ingest
+            )
+        except BaseException:
+            os.close(ingest)
+            raise
+        return _Partial(fd, name, ingest)
+
+    def _commit(self, partial: _Partial, digest: Digest, size: int) -> None:
+        os.fsync(partial.fd)
+        root = self._open_root()
+        try:
+            alg = self._blob_dir(root, digest, create=True)
+        finally:
+            os.close(root)
+        try:
+            present = fsutil.lstat_regular(digest.encoded, alg, f"{self._where}: blob {digest}")
+            if present is not None and present.st_size == size:
+                # Another writer won the race with the same verified content: keep its file.
+                fsutil.unlink_quietly(partial.name, partial.ingest_fd)
+                return
+            os.replace(partial.name, digest.encoded, src_dir_fd=partial.ingest_fd, dst_dir_fd=alg)
+            self._dirty.add(digest.algorithm)
+        finally:
+            os.close(alg)
+
+    def _sync_blob_dirs(self, root: int) -> None:
+        """Make the blob renames so far durable (before index.json refers to them)."""
+        if not self._dirty:
+            return
+        blobs = fsutil.open_dir(BLOBS_DIR, root, f"{self._where}: {BLOBS_DIR}")
+        try:
+            for algorithm in sorted(self._dirty):
+                fd = fsutil.open_dir(algorithm, blobs, f"{self._where}: {BLOBS_DIR}/{algorithm}")
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self._dirty.discard(algorithm)
+            os.fsync(blobs)
+        finally:
+            os.close(blobs)
+
+    def _publish(self, desc: Descriptor, tag: str | None) -> None:
+        root = self._open_root()
+        try:
+            self._sync_blob_dirs(root)
+            # Read-modify-write under the lock, all in this one thread call, so that a
+            # cancelled caller can never leave the lock held (L3).
+            with fsutil.exclusive_lock(LOCK_FILE, root):
+                _remove_stale_temps(root)
+                _, data = self._read_index(root)
+                # parse_manifest validated it (no duplicate keys); re-read as plain dicts so
+                # that fields ociflow does not model are written back unchanged.
+                document: dict[str, Any] = json.loads(data)
+                entries: list[Any] = document["manifests"]
+                updated = _updated_entries(entries, desc, tag)
+                if updated is None:
+                    return
+                document["schemaVersion"] = 2
+                document.setdefault("mediaType", mediatypes.OCI_INDEX)
+                document["manifests"] = updated
+                fsutil.atomic_write(INDEX_FILE, root, _dump(document))
+        finally:
+            os.close(root)
+
+    def _remove_ingest_dir(self) -> None:
+        try:
+            root = fsutil.open_root(self._path, self._where)
+        except (FileNotFoundError, LayoutError):
+            return
+        try:
+            os.rmdir(INGEST_DIR, dir_fd=root)
+        except OSError:
+            pass  # not empty (another writer is busy) or already gone
+        finally:
+            os.close(root)
+
+
+def _is_own(name: str) -> bool:
+    """A name ociflow creates in a layout's root (its files, or their temporary versions)."""
+    temp = name.startswith(_ROOT_TEMP_PREFIXES) and name.endswith(".tmp")
+    return temp or name in _OWN_NAMES
+
+
+def _remove_stale_temps(root: int) -> None:
+    """Remove temp versions of index.json and oci-layout left by a writer that died.
+
+    Only call under the layout lock: every writer of these files holds it (L2).
+    """
+    for name in os.listdir(root):
+        if name.startswith(_ROOT_TEMP_PREFIXES) and name.endswith(".tmp"):
+            fsutil.unlink_quietly(name, root)
+
+
+def _discard_partial(begin: asyncio.Future[_Partial]) -> None:
+    """Remove the temp file a cancelled ``_begin`` created after its caller stopped waiting."""
+    if not begin.cancelled() and begin.exception() is None:
+        begin.result().close(discard=True)
+
+
+def _after(future: asyncio.Future[Any] | None, cleanup: Callable[[], None]) -> None:
+    """Run ``cleanup()`` now, or once ``future`` (a worker using the resource) is done."""
+    if future is None or future.done():
+        if future is not None and not future.cancelled():
+            future.exception()  # mark it retrieved; the error, if any, was already raised
+        cleanup()
+        return
+
+    def done(f: asyncio.Future[Any]) -> None:
+        if not f.cancelled():
+            f.exception()
+        cleanup()
+
+    future.add_done_callback(done)
+
+
+def _annotation(desc: Descriptor, key: str) -> str | None:
+    return desc.annotations.get(key) if desc.annotations else None
+
+
+def _tags(entries: tuple[Descriptor, ...]) -> str:
+    names = sorted({t for e in entries if (t := _annotation(e, REF_NAME)) is not None})
+    return ", ".join(names) or "none"
+
+
+def _without_names(desc: Descriptor) -> Descriptor:
+    """The entry without the layout-local name annotations (they name it only in this index)."""
+    if not desc.annotations:
+        return desc
+    rest = {k: v for k, v in desc.annotations.items() if k not in (REF_NAME, CONTAINERD_NAME)}
+    return replace(desc, annotations=rest or None)
+
+
+def _ref_name(entry: object) -> str | None:
+    if isinstance(entry, Mapping):
+        annotations = entry.get("annotations")
+        if isinstance(annotations, Mapping):
+            name = annotations.get(REF_NAME)
+            return name if isinstance(name, str) else None
+    return None
+
+
+def _updated_entries(entries: list[Any], desc: Descriptor, tag: str | None) -> list[Any] | None:
+    """The new ``manifests`` list of index.json, or None when it already says the same."""
+    entry = desc.to_json()
+    annotations = {k: v for k, v in entry.pop("annotations", {}).items() if k != REF_NAME}
+    if tag is not None:
+        annotations[REF_NAME] = tag
+    if annotations:
+        entry["annotations"] = annotations
+    digest = str(desc.digest)
+    if tag is None:
+        if any(_ref_name(e) is None and e.get("digest") == digest for e in entries):
+            return None
+        return [*entries, entry]
+    same = [e for e in entries if _ref_name(e) == tag]
+    if len(same) == 1 and same[0].get("digest") == digest:
+        return None
+    return [*(e for e in entries if _ref_name(e) != tag), entry]
+
+
+def _dump(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def _single(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
+
+
+async def _closable(stream: BlobStream) -> AsyncGenerator[bytes, None]:
+    """``stream`` as an async generator, so it can be closed whether or not it has ``aclose``."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
