@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AuthenticationError": "ociflow.errors",
     "CancelledTransferError": "ociflow.errors",
-    "CopyResult": "ociflow.copy",
+    "CopyResult": "ociflow.engine",
     "Descriptor": "ociflow.descriptor",
     "Digest": "ociflow.digest",
     "DigestMismatchError": "ociflow.errors",
@@ -35,8 +35,8 @@ _EXPORTS = {
     "TqdmProgress": "ociflow.progress",
     "TransportError": "ociflow.errors",
     "VerificationError": "ociflow.errors",
-    "copy": "ociflow.copy",
-    "copy_sync": "ociflow.copy",
+    "copy": "ociflow.engine",
+    "copy_sync": "ociflow.engine",
     "parse_reference": "ociflow.reference",
 }
 
@@ -70,9 +70,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ociflow.copy import CopyResult, copy, copy_sync
     from ociflow.descriptor import Descriptor, Platform
     from ociflow.digest import Digest
+    from ociflow.engine import CopyResult, copy, copy_sync
     from ociflow.errors import (
         AuthenticationError,
         CancelledTransferError,

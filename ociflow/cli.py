@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _copy(args: argparse.Namespace) -> int:
-    from ociflow.copy import copy_sync
+    from ociflow.engine import copy_sync
     from ociflow.http.transport import HttpOptions
     from ociflow.progress import Progress, TqdmProgress
 

@@ -26,7 +26,8 @@ HEX = hashlib.sha256(b"x").hexdigest()
 def test_docker_references(text, registry, repository, tag, digest) -> None:
     ref = parse_reference(text)
     assert isinstance(ref, RegistryReference)
-    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repository, tag, digest)
+    parts = (ref.registry, ref.repository, ref.tag, ref.digest)
+    assert parts == (registry, repository, tag, digest)
 
 
 def test_docker_hub_api_host_and_loopback() -> None:

@@ -1,4 +1,6 @@
-"""The graph walker: copy the descriptor graph under a reference from a Source to a Destination.
+"""The copy engine: walk the descriptor graph under a reference from a Source to a Destination.
+
+(The module is not named ``copy`` so that it never shadows the ``ociflow.copy`` function.)
 
 Two phases. *Plan*: walk the manifests from the root, fetching each once and skipping any
 subtree whose manifest the destination already holds; this yields the set of blobs (deduplicated
