@@ -1,0 +1,103 @@
+"""One registry host: its base URL (scheme decided once) and its stack of HTTP layers.
+
+Scheme rule (design.md "CLI conventions"; reliability.md §2.2.8, T1): ``plain_http`` means
+http; any other host is https only; a loopback registry (localhost, 127.0.0.0/8, ::1) is tried
+with https first and falls back to http only when the server does not speak TLS at all, as
+Docker does. A certificate error never falls back (CVE-2014-5277). The probe runs once per
+client and its answer is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+
+from multidict import CIMultiDict
+from yarl import URL
+
+from ociflow.http.errors import NotTLSError
+from ociflow.http.headers import HeadersLayer
+from ociflow.http.message import Body, Handler, Request, Response
+from ociflow.http.options import HttpOptions
+from ociflow.http.redirect import RedirectLayer
+from ociflow.reference import RegistryReference
+
+Headers = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+def build_stack(transport: Handler, options: HttpOptions) -> tuple[Handler, Handler]:
+    """The layers over ``transport``: returns (full stack, stack without redirects).
+
+    Order, top down: redirects (each hop goes through every layer below, so per-origin layers
+    such as auth see the real target of every hop), then headers, then the transport. An auth
+    layer (reactive 401 → token) or a retry layer is one more wrapper here.
+    """
+    base: Handler = HeadersLayer(transport, options.user_agent)
+    return RedirectLayer(base), base
+
+
+class RegistryClient:
+    """Sends requests to one registry (``host`` is its API host, ``host[:port]``)."""
+
+    def __init__(self, ref: RegistryReference, options: HttpOptions, transport: Handler) -> None:
+        self.host = ref.api_host
+        self.options = options
+        self._loopback = ref.is_loopback
+        self.handler, self._probe_handler = build_stack(transport, options)
+        self._base: URL | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def scheme(self) -> str | None:
+        """``"https"`` or ``"http"`` once decided, ``None`` before the first request."""
+        return self._base.scheme if self._base is not None else None
+
+    async def base_url(self, context: str) -> URL:
+        """``scheme://host[:port]``; decides the scheme on first call (``context`` names the
+        operation in a probe failure)."""
+        if self._base is not None:
+            return self._base
+        async with self._lock:
+            if self._base is None:
+                self._base = URL(f"{await self._decide_scheme(context)}://{self.host}")
+        return self._base
+
+    async def _decide_scheme(self, context: str) -> str:
+        if self.options.plain_http:
+            return "http"
+        if not self._loopback:
+            return "https"
+        probe = Request("GET", URL(f"https://{self.host}/v2/"), context)
+        try:
+            response = await self._probe_handler.send(probe)
+        except NotTLSError:
+            return "http"
+        # Any HTTP answer (200, 401, 404) proves the server speaks TLS.
+        response.release()
+        return "https"
+
+    async def send(
+        self,
+        method: str,
+        target: str | URL,
+        *,
+        context: str,
+        headers: Headers | None = None,
+        query: Mapping[str, str] | None = None,
+        body: Body = None,
+    ) -> Response:
+        """Send a request through the stack.
+
+        ``target`` is a path on the registry (``/v2/...``, built from validated names only) or
+        an absolute URL the registry handed out (an upload ``Location``), used as given.
+        ``query`` parameters are added, encoded.
+        ``context`` (``"<reference>: <operation>"``) prefixes every error.
+        """
+        if isinstance(target, URL):
+            url = target
+        else:
+            url = URL(f"{await self.base_url(context)}{target}", encoded=True)
+        if query:
+            url = url.update_query(query)
+        request = Request(method, url, context, CIMultiDict(headers or ()), body)
+        return await self.handler.send(request)
