@@ -43,7 +43,10 @@ class Capabilities:
 
 @runtime_checkable
 class Source(Protocol):
-    reference: Reference
+    @property
+    def reference(self) -> Reference:
+        """The reference this target was opened for."""
+        ...
 
     async def resolve(self) -> Descriptor:
         """The descriptor of the manifest or index the reference names."""
@@ -62,8 +65,12 @@ class Source(Protocol):
 
 @runtime_checkable
 class Destination(Protocol):
-    reference: Reference
     capabilities: Capabilities
+
+    @property
+    def reference(self) -> Reference:
+        """The reference this target was opened for (its tag is what the root is tagged)."""
+        ...
 
     async def exists(self, desc: Descriptor) -> bool:
         """Whether the destination already holds this blob or manifest."""
