@@ -37,7 +37,7 @@ class RetryPolicy:
 
     def backoff(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1 = the first retry)."""
-        delay = min(self.max_delay, self.base_delay * 2 ** max(0, retry - 1))
+        delay = min(self.max_delay, self.base_delay * 2.0 ** max(0, retry - 1))
         if self.jitter:
             delay *= 1 + random.uniform(-self.jitter, self.jitter)
         return max(0.0, delay)
