@@ -13,6 +13,7 @@ root last with its tag. Nothing refers to a blob before the blob is verified at 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,12 @@ from typing import Any
 from ociflow import mediatypes
 from ociflow.descriptor import Descriptor, Platform
 from ociflow.digest import Digest
-from ociflow.errors import CancelledTransferError, InvalidReferenceError, OciflowError
+from ociflow.errors import (
+    CancelledTransferError,
+    DigestMismatchError,
+    InvalidReferenceError,
+    OciflowError,
+)
 from ociflow.http.transport import HttpOptions, Session
 from ociflow.manifest import MAX_INDEX_DEPTH, Manifest, parse_manifest, select_platform
 from ociflow.progress import Outcome, Progress
@@ -29,6 +35,7 @@ from ociflow.streams import verified
 from ociflow.target import Destination, Source, open_destination, open_source
 
 DEFAULT_JOBS = 4
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,10 +244,22 @@ class _Copier:
                 self.counts.mounted += 1
             else:
                 self.progress.blob_started(desc)
-                await self.dest.push_blob(desc, lambda: self._open(desc))
+                await self._push_verified(desc)
                 outcome = "copied"
                 self.counts.copied += 1
             self.progress.blob_done(desc, outcome)
+
+    async def _push_verified(self, desc: Descriptor) -> None:
+        """Push a blob; content that fails verification is fetched once more, never again.
+
+        One re-fetch covers a corruption in transit (moby does the same); a second mismatch
+        means the source itself is wrong, and retrying would loop (reliability.md P5).
+        """
+        try:
+            await self.dest.push_blob(desc, lambda: self._open(desc))
+        except DigestMismatchError as first:
+            log.warning("%s; fetching it once more", first)
+            await self.dest.push_blob(desc, lambda: self._open(desc))
 
     def _open(self, desc: Descriptor) -> Any:
         def count(n: int) -> None:

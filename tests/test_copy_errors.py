@@ -187,6 +187,11 @@ async def test_registry_blob_with_flipped_byte_is_not_stored(
     try:
         with pytest.raises(ociflow.DigestMismatchError, match="digest mismatch"):
             await ociflow.copy(f"docker://{proxy.address}/{repo}:1.0", f"oci:{out}:1.0")
+        # each corrupted blob was fetched at most twice: one re-fetch, no retry loop (P5)
+        gets: dict[str, int] = {}
+        for entry in proxy.entries("GET", r"/blobs/sha256:"):
+            gets[entry.path] = gets.get(entry.path, 0) + 1
+        assert gets and max(gets.values()) == 2
     finally:
         await proxy.stop()
     assert final_blobs(out) == []
