@@ -8,9 +8,14 @@ lazily so that ``import ociflow`` (and ``ociflow --version``) stays fast.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where that goes (without this, Python's last-resort
+# handler would print ociflow's warnings on stderr of every program that uses it).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "AuthenticationError": "ociflow.errors",

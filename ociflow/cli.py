@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ociflow import __version__
 
@@ -42,6 +43,18 @@ def _parser() -> argparse.ArgumentParser:
                       help="use plain HTTP for registries (never for credentials you care about)")
     copy.add_argument("--insecure", action="store_true",
                       help="do not verify registry TLS certificates")
+    copy.add_argument("--retries", metavar="N", type=_non_negative, default=4,
+                      help="retries of a failed request after the first attempt, with "
+                      "exponential backoff: connection errors, stalls, 408, 429 and 5xx "
+                      "(default 4; 0 disables retries)")
+    copy.add_argument("--retry-max-wait", metavar="S", type=_seconds(allow_zero=True),
+                      default=60.0,
+                      help="longest Retry-After wait honoured; a registry asking for more "
+                      "fails the copy at once with a rate-limit error (default 60)")
+    copy.add_argument("--stall-timeout", metavar="S", type=_seconds(allow_zero=False),
+                      default=60.0,
+                      help="give up on a connection that sends no data for S seconds; a slow "
+                      "but moving transfer is never cut off (default 60)")
     copy.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     copy.add_argument("--json", action="store_true",
                       help="print the result as one JSON object on stdout")
@@ -57,6 +70,32 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _seconds(*, allow_zero: bool) -> Callable[[str], float]:
+    """An argparse type for a finite number of seconds (positive, or also 0)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            lowest = "0 or more" if allow_zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be a finite number of seconds, {lowest}")
+        return value
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _copy(args: argparse.Namespace) -> int:
     from ociflow.engine import copy_sync
+    from ociflow.http.retry import RetryPolicy
     from ociflow.http.transport import HttpOptions
     from ociflow.progress import Progress, TqdmProgress
 
@@ -102,7 +142,12 @@ def _copy(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         platform=args.platform,
         progress=progress,
-        options=HttpOptions(plain_http=args.plain_http, insecure=args.insecure),
+        options=HttpOptions(
+            plain_http=args.plain_http,
+            insecure=args.insecure,
+            retry=RetryPolicy.with_retries(args.retries, max_wait=args.retry_max_wait),
+            stall_timeout=args.stall_timeout,
+        ),
     )
     if args.json:
         print(json.dumps(result.to_json()))

@@ -30,6 +30,7 @@ from ociflow.errors import (
 from ociflow.http.client import RegistryClient
 from ociflow.http.errors import MAX_ERROR_BODY, error_for_status, parse_error_body
 from ociflow.http.redact import redact_text, redact_url
+from ociflow.http.retry import NO_RETRY
 from ociflow.http.transport import HttpOptions, Session
 from ociflow.reference import parse_docker_reference
 from tests.registry_server import free_port
@@ -50,7 +51,8 @@ async def serve(app: web.Application, tls: ssl.SSLContext | None = None) -> Asyn
 
 
 def client_for(session: Session, port: int, **options: object) -> RegistryClient:
-    opts = HttpOptions(**{"plain_http": True, **options})  # type: ignore[arg-type]
+    # Transport behaviour is tested here without retries; tests/test_retry.py covers those.
+    opts = HttpOptions(**{"plain_http": True, "retry": NO_RETRY, **options})  # type: ignore[arg-type]
     return session.registry(parse_docker_reference(f"127.0.0.1:{port}/test/app:1.0"), opts)
 
 
@@ -190,11 +192,12 @@ async def test_error_body_read_is_capped() -> None:
     app.router.add_get("/v2/test/app/manifests/1.0", endless)
     async with serve(app) as port, Session() as session:
         client = client_for(session, port)
-        from ociflow.http.errors import error_from_response
-
-        response = await client.send("GET", "/v2/test/app/manifests/1.0", context=CONTEXT)
-        error = await asyncio.wait_for(error_from_response(response, CONTEXT), 10)
-        assert isinstance(error, RegistryError) and error.status == 500
+        # The retry layer maps the error status, reading at most MAX_ERROR_BODY of the body.
+        with pytest.raises(RegistryError) as info:
+            await asyncio.wait_for(
+                client.send("GET", "/v2/test/app/manifests/1.0", context=CONTEXT), 10
+            )
+        assert info.value.status == 500
         await asyncio.wait_for(done.wait(), 10)
     assert MAX_ERROR_BODY <= written < 64 * 1024 * 1024
 

@@ -28,6 +28,7 @@ from ociflow.errors import (
     NotFoundError,
     TransportError,
 )
+from ociflow.http.retry import NO_RETRY
 from ociflow.http.transport import HttpOptions, Session
 from ociflow.manifest import MAX_MANIFEST_SIZE
 from ociflow.streams import verified
@@ -453,9 +454,9 @@ async def test_oversize_manifest_is_refused_without_a_request(session: Session) 
 async def test_refused_connection_names_the_reference(session: Session) -> None:
     ref = f"127.0.0.1:{free_port()}/app:1.0"
     with pytest.raises(TransportError) as info:
-        await open_source(ref, session).resolve()
-    assert str(info.value).startswith(f"{ref}: ")
-    assert str(info.value).endswith("cannot connect to the registry (connection refused)")
+        await open_source(ref, session, HttpOptions(retry=NO_RETRY)).resolve()
+    expected = f"{ref}: fetching manifest: cannot connect to the registry (connection refused)"
+    assert str(info.value) == expected
 
 
 # -- scheme selection -------------------------------------------------------------------

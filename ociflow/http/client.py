@@ -20,30 +20,53 @@ from ociflow.http.headers import HeadersLayer
 from ociflow.http.message import Body, Handler, Request, Response
 from ociflow.http.options import HttpOptions
 from ociflow.http.redirect import RedirectLayer
+from ociflow.http.retrylayer import HostBackoff, RetryLayer
 from ociflow.reference import RegistryReference
 
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
-def build_stack(transport: Handler, options: HttpOptions) -> tuple[Handler, Handler]:
+def build_stack(
+    transport: Handler, options: HttpOptions, backoff: HostBackoff | None = None
+) -> tuple[Handler, Handler]:
     """The layers over ``transport``: returns (full stack, stack without redirects).
 
-    Order, top down: redirects (each hop goes through every layer below, so per-origin layers
-    such as auth see the real target of every hop), then headers, then the transport. An auth
-    layer (reactive 401 → token) or a retry layer is one more wrapper here.
+    Order, top down: retries (a retry re-runs the whole redirect chain, so an expired
+    pre-signed URL is resolved afresh), redirects (each hop goes through every layer below, so
+    per-origin layers such as auth see the real target of every hop), then headers, then the
+    transport. An auth layer (reactive 401 → token) is one more wrapper under the redirects.
+    Both stacks share ``backoff``, the host's rate-limit state (a new one when not given).
     """
+    if backoff is None:
+        backoff = HostBackoff(options.retry.jitter)
     base: Handler = HeadersLayer(transport, options.user_agent)
-    return RedirectLayer(base), base
+    return (
+        RetryLayer(RedirectLayer(base), options.retry, backoff),
+        RetryLayer(base, options.retry, backoff),
+    )
 
 
 class RegistryClient:
-    """Sends requests to one registry (``host`` is its API host, ``host[:port]``)."""
+    """Sends requests to one registry (``host`` is its API host, ``host[:port]``).
 
-    def __init__(self, ref: RegistryReference, options: HttpOptions, transport: Handler) -> None:
+    ``backoff`` is the host's shared rate-limit state (the :class:`Session` gives every client
+    of one host the same; a new one when not given). Code that retries at its own level (a
+    resumed body, an upload chunk) should ``await client.backoff.wait()`` before sending and
+    call ``client.backoff.defer(seconds)`` after a 429, as the retry layer does.
+    """
+
+    def __init__(
+        self,
+        ref: RegistryReference,
+        options: HttpOptions,
+        transport: Handler,
+        backoff: HostBackoff | None = None,
+    ) -> None:
         self.host = ref.api_host
         self.options = options
         self._loopback = ref.is_loopback
-        self.handler, self._probe_handler = build_stack(transport, options)
+        self.backoff = backoff if backoff is not None else HostBackoff(options.retry.jitter)
+        self.handler, self._probe_handler = build_stack(transport, options, self.backoff)
         self._base: URL | None = None
         self._lock = asyncio.Lock()
 

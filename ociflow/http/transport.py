@@ -20,6 +20,7 @@ from ociflow.http.errors import transport_error
 from ociflow.http.message import Request, Response
 from ociflow.http.options import HttpOptions
 from ociflow.http.redact import redact_url
+from ociflow.http.retrylayer import HostBackoff
 from ociflow.reference import RegistryReference
 
 __all__ = ["AiohttpTransport", "HttpOptions", "Session"]
@@ -84,6 +85,9 @@ class Session:
         self.jobs = max(1, jobs)
         self._client_session: aiohttp.ClientSession | None = None
         self._clients: dict[tuple[str, HttpOptions], RegistryClient] = {}
+        # Rate-limit state per API host, shared by every client of that host whatever its
+        # options: a 429 slows down everything sent to the host (reliability.md P11, C6).
+        self._backoffs: dict[str, HostBackoff] = {}
         self._closed = False
 
     def _aiohttp_session(self) -> aiohttp.ClientSession:
@@ -125,7 +129,10 @@ class Session:
                     total=None, sock_connect=opts.connect_timeout, sock_read=opts.stall_timeout
                 ),
             )
-            client = RegistryClient(ref, opts, transport)
+            backoff = self._backoffs.get(ref.api_host)
+            if backoff is None:
+                backoff = self._backoffs[ref.api_host] = HostBackoff(opts.retry.jitter)
+            client = RegistryClient(ref, opts, transport, backoff)
             self._clients[key] = client
         return client
 
