@@ -13,8 +13,12 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ociflow import __version__
+
+if TYPE_CHECKING:
+    from ociflow.http.transport import HttpOptions
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -27,8 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ociflow {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = _common_options()
     copy = commands.add_parser(
         "copy",
+        parents=[common],
         help="copy an image or index between registries and OCI layouts",
         description="Copy SRC to DST. References: docker://HOST/REPO[:TAG][@DIGEST], bare "
         "Docker references (docker.io by default), oci:PATH[:TAG|@DIGEST].",
@@ -39,27 +45,47 @@ def _parser() -> argparse.ArgumentParser:
                       help="concurrent blob transfers (default 4)")
     copy.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                       help="copy only this platform's manifest of a multi-platform index")
-    copy.add_argument("--plain-http", action="store_true",
-                      help="use plain HTTP for registries (never for credentials you care about)")
-    copy.add_argument("--insecure", action="store_true",
-                      help="do not verify registry TLS certificates")
-    copy.add_argument("--retries", metavar="N", type=_non_negative, default=4,
-                      help="retries of a failed request after the first attempt, with "
-                      "exponential backoff: connection errors, stalls, 408, 429 and 5xx "
-                      "(default 4; 0 disables retries)")
-    copy.add_argument("--retry-max-wait", metavar="S", type=_seconds(allow_zero=True),
-                      default=60.0,
-                      help="longest Retry-After wait honoured; a registry asking for more "
-                      "fails the copy at once with a rate-limit error (default 60)")
-    copy.add_argument("--stall-timeout", metavar="S", type=_seconds(allow_zero=False),
-                      default=60.0,
-                      help="give up on a connection that sends no data for S seconds; a slow "
-                      "but moving transfer is never cut off (default 60)")
-    copy.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    copy.add_argument("--json", action="store_true",
-                      help="print the result as one JSON object on stdout")
-    copy.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    bench = commands.add_parser(
+        "bench",
+        parents=[common],
+        help="measure a registry: push, pull and verify random blobs, then delete them",
+        description="Push random blobs to REGISTRY/REPO, pull them back and verify them, "
+        "measure HEAD and small-blob request rates, and delete every blob created (any that "
+        "cannot be deleted are listed).",
+    )
+    bench.add_argument("repository", metavar="REGISTRY/REPO")
+    bench.add_argument("--size", type=_byte_size, default="256MiB",
+                       help="size of each blob, e.g. 64MiB, 1GiB (default 256MiB)")
+    bench.add_argument("--blobs", type=_positive, default=1, help="number of blobs (default 1)")
+    bench.add_argument("-j", "--jobs", type=_positive, default=4,
+                       help="concurrent transfers (default 4)")
     return parser
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options of every command that talks to registries."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--plain-http", action="store_true",
+                        help="use plain HTTP for registries (never for credentials you care about)")
+    common.add_argument("--insecure", action="store_true",
+                        help="do not verify registry TLS certificates")
+    common.add_argument("--retries", metavar="N", type=_non_negative, default=4,
+                        help="retries of a failed request after the first attempt, with "
+                        "exponential backoff: connection errors, stalls, 408, 429 and 5xx "
+                        "(default 4; 0 disables retries)")
+    common.add_argument("--retry-max-wait", metavar="S", type=_seconds(allow_zero=True),
+                        default=60.0,
+                        help="longest Retry-After wait honoured; a registry asking for more "
+                        "fails the copy at once with a rate-limit error (default 60)")
+    common.add_argument("--stall-timeout", metavar="S", type=_seconds(allow_zero=False),
+                        default=60.0,
+                        help="give up on a connection that sends no data for S seconds; a slow "
+                        "but moving transfer is never cut off (default 60)")
+    common.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    common.add_argument("--json", action="store_true",
+                        help="print the result as one JSON object on stdout")
+    common.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    return common
 
 
 def _positive(text: str) -> int:
@@ -69,6 +95,18 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _byte_size(text: str) -> int:
+    from ociflow.bench import parse_size
+
+    try:
+        value = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 byte")
     return value
 
 
@@ -107,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.debug:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _copy(args)
+        return _bench(args) if args.command == "bench" else _copy(args)
     except KeyboardInterrupt:
         print("ociflow: interrupted; run the same command again to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -128,10 +166,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-def _copy(args: argparse.Namespace) -> int:
-    from ociflow.engine import copy_sync
+def _http_options(args: argparse.Namespace) -> HttpOptions:
     from ociflow.http.retry import RetryPolicy
     from ociflow.http.transport import HttpOptions
+
+    return HttpOptions(
+        plain_http=args.plain_http,
+        insecure=args.insecure,
+        retry=RetryPolicy.with_retries(args.retries, max_wait=args.retry_max_wait),
+        stall_timeout=args.stall_timeout,
+    )
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ociflow.bench import bench
+    from ociflow.errors import InvalidReferenceError
+    from ociflow.reference import RegistryReference, parse_reference
+
+    ref = parse_reference(args.repository)
+    if not isinstance(ref, RegistryReference):
+        raise InvalidReferenceError(f"{args.repository}: bench needs a registry repository")
+    result = asyncio.run(
+        bench(ref, size=args.size, blobs=args.blobs, jobs=args.jobs, options=_http_options(args))
+    )
+    if args.json:
+        print(json.dumps(result.to_json()))
+    elif not args.quiet or result.left_behind:
+        print(result.report())
+    return 0
+
+
+def _copy(args: argparse.Namespace) -> int:
+    from ociflow.engine import copy_sync
     from ociflow.progress import Progress, TqdmProgress
 
     show_bars = not (args.quiet or args.json) and sys.stderr.isatty()
@@ -142,12 +210,7 @@ def _copy(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         platform=args.platform,
         progress=progress,
-        options=HttpOptions(
-            plain_http=args.plain_http,
-            insecure=args.insecure,
-            retry=RetryPolicy.with_retries(args.retries, max_wait=args.retry_max_wait),
-            stall_timeout=args.stall_timeout,
-        ),
+        options=_http_options(args),
     )
     if args.json:
         print(json.dumps(result.to_json()))

@@ -76,3 +76,23 @@ def test_parse_size(text: str, value: int) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_size(text)
+
+
+def test_bench_cli_json_and_errors(registry: RegistryServer, repo: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "ociflow", "bench"]
+    out = subprocess.run(
+        [*run, f"{registry.address}/{repo}", "--size", "1MiB", "--blobs", "2", "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    doc = json.loads(out.stdout)
+    assert doc["blobs"] == 2 and doc["blobSize"] == 2**20
+    assert doc["deleted"] == 3 and doc["leftBehind"] == {}
+    assert doc["uploadMBps"] > 0 and doc["downloadMBps"] > 0
+    wrong = subprocess.run([*run, "oci:/tmp/layout"], capture_output=True, text=True)
+    assert wrong.returncode == 1 and "needs a registry repository" in wrong.stderr
+    usage = subprocess.run([*run, "x/y", "--size", "12XB"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "invalid size" in usage.stderr
