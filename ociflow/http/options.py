@@ -30,3 +30,16 @@ class HttpOptions:
     connect_timeout: float = 30.0
     user_agent: str = field(default_factory=_default_user_agent)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Blob transfer knobs (ociflow.targets.blob_download / blob_upload); sizes in bytes.
+    chunk_size: int = 64 * 1024 * 1024
+    """PATCH size of a chunked upload (raised to the registry's OCI-Chunk-Min-Length); under
+    the 100 MB request bodies some proxies cap."""
+    chunked_threshold: int = 256 * 1024 * 1024
+    """Blobs of at least this size are uploaded in chunks; smaller ones in one PUT."""
+    range_parallel: int | None = None
+    """Connections fetching one large blob as byte ranges; 1 turns ranged downloads off. None:
+    4, but 1 for a loopback registry (no per-connection cap to beat there; CPU is the limit)."""
+    range_threshold: int = 64 * 1024 * 1024
+    """Blobs larger than this are fetched as parallel ranges."""
+    range_size: int = 8 * 1024 * 1024
+    """Bytes per ranged request of a parallel download."""

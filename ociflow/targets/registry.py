@@ -3,19 +3,16 @@
 Wire behaviour follows distribution-spec v1.1.1 (protocol.md §1): manifests are fetched with the
 full ``Accept`` list and kept as exact bytes, capped at :data:`MAX_MANIFEST_SIZE`; blobs are read
 as exactly ``size`` bytes (no trailing data, P7; ``Content-Length`` is checked, never allocated
-from, P8); blobs are pushed with one POST and one streamed PUT (protocol.md §1.6.2), and an upload
-whose stream fails is cancelled, never committed. Requests go through the client's HTTP stack
+from, P8), resumed after a broken body and fetched as parallel ranges when large
+(:mod:`~ociflow.targets.blob_download`); blobs are pushed in one PUT or in chunks, resumed from
+the registry's offset, and an upload whose stream fails is cancelled, never committed
+(:mod:`~ociflow.targets.blob_upload`). Requests go through the client's HTTP stack
 (:mod:`ociflow.http`), which owns schemes, redirects and error mapping.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
-from urllib.parse import quote
-
-from yarl import URL
 
 from ociflow import mediatypes
 from ociflow.descriptor import Descriptor
@@ -26,7 +23,6 @@ from ociflow.errors import (
     InvalidManifestError,
     InvalidReferenceError,
     NotFoundError,
-    OciflowError,
     RegistryError,
 )
 from ociflow.http.client import RegistryClient
@@ -34,7 +30,14 @@ from ociflow.http.errors import error_from_response
 from ociflow.http.message import Response
 from ociflow.manifest import MAX_MANIFEST_SIZE, parse_manifest
 from ociflow.reference import DEFAULT_TAG, TAG_PATTERN, Reference, RegistryReference
-from ociflow.target import CHUNK_SIZE, Capabilities, Opener, Source
+from ociflow.target import BlobStream, Capabilities, Opener, Source
+from ociflow.targets.blob_download import download_blob
+from ociflow.targets.blob_upload import (
+    SessionStore,
+    cancel_session,
+    resolve_location,
+    upload_blob,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +49,28 @@ _GENERIC_TYPES = frozenset(
 
 
 class RegistryTarget:
-    """One repository of a registry; ``client`` is shared by every target of that registry."""
+    """One repository of a registry; ``client`` is shared by every target of that registry.
+
+    ``sessions``, when given, records open upload sessions so that a later run can continue
+    them (:class:`~ociflow.targets.blob_upload.SessionStore`).
+    """
 
     capabilities = Capabilities(concurrent_writes=True, mount=True)
     # Typed as the protocols' (mutable, hence invariant) ``reference: Reference``; the precise
     # RegistryReference is ``_ref``. Always a RegistryReference at run time.
     reference: Reference
 
-    def __init__(self, reference: RegistryReference, client: RegistryClient) -> None:
+    def __init__(
+        self,
+        reference: RegistryReference,
+        client: RegistryClient,
+        *,
+        sessions: SessionStore | None = None,
+    ) -> None:
         self.reference = reference
         self._ref = reference
         self.client = client
+        self.sessions = sessions
         self._root: tuple[Descriptor, bytes] | None = None
 
     def __repr__(self) -> str:
@@ -88,6 +102,8 @@ class RegistryTarget:
             data = await self._read_manifest(response, MAX_MANIFEST_SIZE, context)
             content_type = mediatypes.base(response.headers.get("Content-Type", ""))
             header_digest = response.headers.get("Docker-Content-Digest")
+            if ref.digest is not None:
+                self._check_served_digest(response, ref.digest, context)
         declared = None if content_type in _GENERIC_TYPES else content_type
         try:
             manifest = parse_manifest(data, declared)
@@ -99,9 +115,10 @@ class RegistryTarget:
             raise DigestMismatchError(
                 f"{context}: the registry sent content that hashes to {digest}"
             )
-        if header_digest and header_digest != digest:
-            # Advisory only: the digest is always computed from the bytes (protocol.md §1.4,
-            # P19); a registry converting formats can send a stale header.
+        if header_digest and header_digest != digest and ref.digest is None:
+            # Advisory only for a tag: the digest is always computed from the bytes
+            # (protocol.md §1.4, P19); a registry converting formats can send a stale header.
+            # By digest, the header was checked above.
             log.warning("%s: Docker-Content-Digest %.80s differs from the content's %s",
                         ref, header_digest, digest)
         desc = Descriptor(manifest.media_type, digest, len(data))
@@ -128,6 +145,7 @@ class RegistryTarget:
         async with response:
             await self._expect(response, 200, context, f"{context}: manifest not found")
             self._expect_length(response, desc.size, context)
+            self._check_served_digest(response, desc.digest, context)
             data = await response.read(desc.size)  # one byte more than expected is enough
         try:
             verify_bytes(data, desc.digest, desc.size, what="manifest")
@@ -135,39 +153,24 @@ class RegistryTarget:
             raise DigestMismatchError(f"{self.reference}: {exc}") from None
         return data
 
-    async def fetch_blob(self, desc: Descriptor) -> AsyncGenerator[bytes, None]:
-        """Exactly ``desc.size`` raw bytes of the blob, in chunks of :data:`CHUNK_SIZE`.
+    def fetch_blob(self, desc: Descriptor, *, offset: int = 0) -> BlobStream:
+        """Exactly ``desc.size - offset`` raw bytes of the blob from ``offset`` on, in chunks of
+        up to :data:`~ociflow.target.CHUNK_SIZE`; resumed after a broken body, and fetched as
+        parallel ranges when large (:mod:`~ociflow.targets.blob_download`).
 
         Not verified (the engine does that); but a body that is announced or turns out shorter
-        or longer than ``desc.size`` raises :class:`DigestMismatchError` before its last chunk.
+        or longer than ``desc.size`` raises :class:`DigestMismatchError` before its last chunk,
+        as does a ``Docker-Content-Digest`` naming another blob (P19).
         """
-        context = self._context(f"fetching blob {desc.digest}")
-        response = await self.client.send(
-            "GET",
+        return download_blob(
+            self.client,
             self._path("blobs", desc.digest),
-            context=context,
-            headers={"Accept-Encoding": "identity"},
+            desc,
+            context=self._context(f"fetching blob {desc.digest}"),
+            options=self.client.options,
+            offset=offset,
+            loopback=self._ref.is_loopback,
         )
-        try:
-            await self._expect(response, 200, context, f"{context}: blob not found")
-            self._expect_length(response, desc.size, context)
-            remaining = desc.size
-            while remaining > 0:
-                wanted = min(CHUNK_SIZE, remaining)
-                chunk = await response.read_exactly(wanted)
-                remaining -= len(chunk)
-                if len(chunk) < wanted:
-                    raise DigestMismatchError(
-                        f"{context}: the body ended after {desc.size - remaining} of "
-                        f"{desc.size} bytes"
-                    )
-                if remaining == 0:
-                    await self._expect_end(response, context, desc.size)
-                yield chunk
-            if desc.size == 0:
-                await self._expect_end(response, context, 0)
-        finally:
-            response.release()
 
     # -- Destination ----------------------------------------------------------------------
 
@@ -219,73 +222,30 @@ class RegistryTarget:
             return True
         if status == 202 and location:
             try:
-                upload = _resolve_location(request_url, location, context)
+                upload = resolve_location(request_url, location, context)
             except RegistryError:
                 return False
-            await self._cancel_upload(upload, context)
+            await cancel_session(self.client, upload, context)
         return False
 
     async def push_blob(self, desc: Descriptor, open_stream: Opener) -> None:
-        """POST an upload session, then PUT the verified stream into it with ``?digest=``.
+        """Upload a blob from a verified stream: one PUT, or chunks when large, resumed from the
+        registry's offset after a failure (:mod:`~ociflow.targets.blob_upload`).
 
-        The body is streamed (never buffered whole) with an explicit ``Content-Length``. If the
-        stream raises, the PUT is cut short, the registry cannot commit it, the session is
-        cancelled, and the stream's own error is raised.
+        Bodies are streamed (never buffered whole) with an explicit ``Content-Length``. If the
+        stream raises, the registry cannot commit, the session is cancelled, and the stream's
+        own error is raised.
         """
-        context = self._context(f"pushing blob {desc.digest}")
-        started = await self.client.send(
-            "POST",
-            "/v2/" + self._ref.repository + "/blobs/uploads/",
-            context=context,
-            headers={"Content-Length": "0"},
+        await upload_blob(
+            self.client,
+            self._ref.repository,
+            desc,
+            open_stream,
+            context=self._context(f"pushing blob {desc.digest}"),
+            options=self.client.options,
+            exists=lambda: self.exists(desc),
+            store=self.sessions,
         )
-        async with started:
-            await self._expect(started, 202, context, None)
-            location = started.headers.get("Location")
-        if not location:
-            raise RegistryError(
-                f"{context}: the registry opened an upload without a Location", status=202
-            )
-        upload = _resolve_location(started.url, location, context)
-        failures: list[Exception] = []
-
-        async def body() -> AsyncGenerator[bytes, None]:
-            stream = open_stream()
-            async with aclosing(stream):
-                try:
-                    async for chunk in stream:
-                        yield chunk
-                except Exception as exc:
-                    failures.append(exc)  # aiohttp wraps it; the caller must see the original
-                    raise
-
-        try:
-            response = await self.client.send(
-                "PUT",
-                _with_digest(upload, desc.digest),
-                context=context,
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Length": str(desc.size),
-                },
-                body=body(),
-            )
-        except Exception:
-            await self._cancel_upload(upload, context)
-            if failures:
-                raise failures[0] from None
-            raise
-        async with response:
-            if failures:
-                # The registry answered although the body was cut short: it cannot have
-                # committed a blob of the announced length, but make sure.
-                await self._cancel_upload(upload, context)
-                raise failures[0]
-            if response.status != 201:
-                error = await error_from_response(response, context)
-                await self._cancel_upload(upload, context)
-                raise error
-            self._check_digest_header(response, desc, context)
 
     async def push_manifest(self, desc: Descriptor, data: bytes) -> None:
         """PUT a manifest by digest, as its exact bytes."""
@@ -363,13 +323,6 @@ class RegistryTarget:
             )
 
     @staticmethod
-    async def _expect_end(response: Response, context: str, size: int) -> None:
-        if await response.read(0):
-            raise DigestMismatchError(
-                f"{context}: the registry sent more than the descriptor's {size} bytes"
-            )
-
-    @staticmethod
     def _check_digest_header(response: Response, desc: Descriptor, context: str) -> None:
         # A registry that stored something else than what was pushed says so here (U6).
         header = response.headers.get("Docker-Content-Digest")
@@ -384,28 +337,20 @@ class RegistryTarget:
                 f"{context}: the registry stored {header.strip()[:140]!r}, not {desc.digest}"
             )
 
-    async def _cancel_upload(self, upload: URL, context: str) -> None:
-        """Best-effort DELETE of an upload session (distribution-spec end-14); errors ignored."""
-        try:
-            response = await self.client.send("DELETE", upload, context=context)
-        except OciflowError:
+    @staticmethod
+    def _check_served_digest(response: Response, expected: Digest, context: str) -> None:
+        # Asked for by digest, a response that names another digest is believed (P19;
+        # distribution-spec: a client using the header MUST verify it). A header in another
+        # algorithm says nothing either way.
+        header = response.headers.get("Docker-Content-Digest")
+        if header is None:
             return
-        response.release()
-
-
-def _resolve_location(request_url: URL, location: str, context: str) -> URL:
-    """An upload ``Location`` made absolute against the request that returned it, its query
-    (distribution's ``_state``) kept byte for byte (protocol.md §1.6.6)."""
-    try:
-        url = request_url.join(URL(location, encoded=True)).with_fragment(None)
-    except ValueError:
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise RegistryError(f"{context}: the registry returned an invalid upload Location")
-    return url
-
-
-def _with_digest(upload: URL, digest: Digest) -> URL:
-    """``upload`` plus ``digest=<digest>``, appended without re-encoding the existing query."""
-    separator = "&" if upload.raw_query_string else "?"
-    return URL(f"{upload}{separator}digest={quote(digest, safe='')}", encoded=True)
+        try:
+            said: Digest | None = Digest(header.strip())
+        except InvalidDigestError:
+            said = None
+        if said is None or (said.algorithm == expected.algorithm and said != expected):
+            raise DigestMismatchError(
+                f"{context}: the registry says it is sending {header.strip()[:140]!r}, "
+                f"not {expected}"
+            )
