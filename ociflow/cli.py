@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="concurrent blob transfers (default 4)")
     copy.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                       help="copy only this platform's manifest of a multi-platform index")
+    copy.add_argument("--range-parallel", metavar="K", type=_positive,
+                      help="connections fetching one large blob as byte ranges (default 4 for "
+                      "remote registries, 1 for loopback ones; 1 turns ranges off)")
+    copy.add_argument("--chunk-size", metavar="SIZE", type=_byte_size,
+                      help="upload large blobs in chunks of SIZE (default 64MiB; raised to what "
+                      "the registry asks for)")
     bench = commands.add_parser(
         "bench",
         parents=[common],
@@ -167,15 +173,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _http_options(args: argparse.Namespace) -> HttpOptions:
+    from dataclasses import replace
+
     from ociflow.http.retry import RetryPolicy
     from ociflow.http.transport import HttpOptions
 
-    return HttpOptions(
+    options = HttpOptions(
         plain_http=args.plain_http,
         insecure=args.insecure,
         retry=RetryPolicy.with_retries(args.retries, max_wait=args.retry_max_wait),
         stall_timeout=args.stall_timeout,
     )
+    transfer = {
+        name: value
+        for name in ("range_parallel", "chunk_size")
+        if (value := getattr(args, name, None)) is not None
+    }
+    return replace(options, **transfer) if transfer else options
 
 
 def _bench(args: argparse.Namespace) -> int:

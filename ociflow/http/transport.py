@@ -74,10 +74,9 @@ class AiohttpTransport:
 class Session:
     """The HTTP state of one copy: one connection pool, one client per registry.
 
-    Use as ``async with Session(options, jobs=jobs) as session``. The pool holds ``2 * jobs``
-    connections for transfers (a registry-to-registry copy streams a GET into a PUT, two
-    connections per job) plus a few for metadata requests, so transfers never wait on each
-    other for a connection.
+    Use as ``async with Session(options, jobs=jobs) as session``. The pool holds enough
+    connections for every job to stream its GETs (one per parallel range) into a PUT, plus a
+    few for metadata requests, so transfers never wait on each other for a connection.
     """
 
     def __init__(self, options: HttpOptions | None = None, *, jobs: int = 4) -> None:
@@ -95,8 +94,12 @@ class Session:
         if self._closed:
             raise RuntimeError("the HTTP session is closed")
         if self._client_session is None:
+            # Each job may hold a GET (or, for one large blob, one per parallel range) and a PUT.
+            from ociflow.targets.blob_download import DEFAULT_RANGE_PARALLEL
+
+            ranges = self.options.range_parallel or DEFAULT_RANGE_PARALLEL
             connector = aiohttp.TCPConnector(
-                limit=2 * self.jobs + METADATA_CONNECTIONS, limit_per_host=0
+                limit=self.jobs * (ranges + 1) + METADATA_CONNECTIONS, limit_per_host=0
             )
             self._client_session = aiohttp.ClientSession(
                 connector=connector,
