@@ -49,6 +49,7 @@ class Fault:
     append: bytes = b""  # extra bytes after the body (Content-Length grows to match)
     swallow: bool = False  # forward the whole request, then drop the connection unanswered
     request_headers: dict[str, str] = field(default_factory=dict)  # override request headers
+    reset_request_after: int | None = None  # take K request body bytes, forward nothing, RST
 
 
 @dataclass
@@ -134,11 +135,10 @@ class FaultProxy:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        self.port = listener.getsockname()[1]
+        await web.SockSite(self._runner, listener).start()
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -178,6 +178,14 @@ class FaultProxy:
         assert self._client is not None
         if fault.delay:
             await asyncio.sleep(fault.delay)
+        if fault.reset_request_after is not None:
+            async for chunk in request.content.iter_chunked(_CHUNK):
+                entry.received += len(chunk)
+                if entry.received >= fault.reset_request_after:
+                    break
+            entry.status = -1
+            _reset(request)
+            raise asyncio.CancelledError
         if fault.status is not None:
             await _drain_request(request, entry)
             entry.status = fault.status

@@ -315,3 +315,21 @@ async def test_delay_and_max_concurrency(
     assert proxy.max_concurrency("HEAD", r"/blobs/") == 3
     assert proxy.max_concurrency("GET", r"/blobs/") == 0
     assert all(e.ended - e.started >= 0.3 for e in proxy.entries("HEAD", r"/blobs/"))
+
+
+async def test_reset_request_after_cuts_an_upload_midway(registry: RegistryServer) -> None:
+    async with FaultProxy(registry.url) as proxy:
+        proxy.add("PUT", r"/upload-target$", Fault(reset_request_after=64 * 1024))
+        body = b"x" * (1024 * 1024)
+        async with aiohttp.ClientSession() as client:
+            with pytest.raises(aiohttp.ClientError):
+                async with client.put(
+                    f"http://{proxy.address}/upload-target", data=body
+                ) as response:
+                    await response.read()
+        # (aiohttp may send an idempotent PUT a second time on its own; each is cut the same)
+        entries = proxy.entries("PUT", r"/upload-target$")
+    assert entries
+    for entry in entries:
+        assert entry.status == -1
+        assert 64 * 1024 <= entry.received < len(body)
