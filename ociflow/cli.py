@@ -3,6 +3,11 @@
 Heavy modules (aiohttp, the engine) are imported only when a command runs, so ``--version``
 and ``--help`` start fast. Every error becomes one line on stderr and exit code 1 (2 for usage
 errors, 130 for an interrupt); ``--debug`` adds the traceback.
+
+Ctrl-C (SIGINT) while a copy runs cancels it (``asyncio.run`` turns the first SIGINT into a
+cancellation of the copy): transfers stop within about a second, leaving partial downloads and
+upload sessions for the next run, and the CLI says so in one line. A second Ctrl-C while that
+cleanup runs interrupts at once, with the same line.
 """
 
 from __future__ import annotations
@@ -49,8 +54,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="connections fetching one large blob as byte ranges (default 4 for "
                       "remote registries, 1 for loopback ones; 1 turns ranges off)")
     copy.add_argument("--chunk-size", metavar="SIZE", type=_byte_size,
-                      help="upload large blobs in chunks of SIZE (default 64MiB; raised to what "
-                      "the registry asks for)")
+                      help="upload blobs larger than SIZE in chunks of SIZE, raised to what the "
+                      "registry asks for (default: blobs of 256MiB and more, in chunks of "
+                      "64MiB); a chunked upload can be resumed after a crash")
+    copy.add_argument("--no-resume", dest="resume", action="store_false",
+                      help="do not keep partial downloads and open upload sessions for a later "
+                      "run to continue (by default an interrupted copy resumes when run again; "
+                      "upload sessions are recorded in $OCIFLOW_STATE_DIR or "
+                      "~/.local/state/ociflow)")
     bench = commands.add_parser(
         "bench",
         parents=[common],
@@ -153,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _bench(args) if args.command == "bench" else _copy(args)
     except KeyboardInterrupt:
-        print("ociflow: interrupted; run the same command again to continue", file=sys.stderr)
+        again = "" if getattr(args, "resume", True) is False else (
+            "; run the same command again to continue"
+        )
+        print(f"ociflow: interrupted{again}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         from ociflow.errors import CancelledTransferError, OciflowError
@@ -189,6 +203,10 @@ def _http_options(args: argparse.Namespace) -> HttpOptions:
         for name in ("range_parallel", "chunk_size")
         if (value := getattr(args, name, None)) is not None
     }
+    if "chunk_size" in transfer:
+        # Asking for chunks of a size means wanting chunks for anything larger, also below
+        # the default threshold (a proxy's body cap; an upload resumable after a crash).
+        transfer["chunked_threshold"] = min(options.chunked_threshold, transfer["chunk_size"] + 1)
     return replace(options, **transfer) if transfer else options
 
 
@@ -225,6 +243,7 @@ def _copy(args: argparse.Namespace) -> int:
         platform=args.platform,
         progress=progress,
         options=_http_options(args),
+        resume=args.resume,
     )
     if args.json:
         print(json.dumps(result.to_json()))

@@ -8,6 +8,13 @@ by digest) and the manifests in push order, children before parents. *Transfer*:
 concurrently (at most ``jobs`` at a time; each one checked with ``exists``, then mounted when the
 destination can, else streamed through a verifier), then push the manifests in order, and the
 root last with its tag. Nothing refers to a blob before the blob is verified at the destination.
+
+*Resume.* Blobs are handed to destinations through a :class:`~ociflow.target.ResumableOpener`,
+so a destination holding part of a blob from an interrupted run (a layout's partial file) asks
+the source only for the rest, still verified as a whole. With ``resume`` (the default), the
+destinations :func:`copy` opens itself keep what an interruption leaves, and a registry
+destination records its open upload sessions in the on-disk journal
+(:mod:`ociflow.journal`), so that running the same copy again continues it.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 
 from ociflow import mediatypes
 from ociflow.descriptor import Descriptor, Platform
-from ociflow.digest import Digest
+from ociflow.digest import Digest, Verifier
 from ociflow.errors import (
     CancelledTransferError,
     DigestMismatchError,
@@ -32,7 +39,7 @@ from ociflow.manifest import MAX_INDEX_DEPTH, Manifest, parse_manifest, select_p
 from ociflow.progress import Outcome, Progress
 from ociflow.reference import Reference
 from ociflow.streams import verified
-from ociflow.target import Destination, Source, open_destination, open_source
+from ociflow.target import BlobStream, Destination, Source, open_destination, open_source
 
 DEFAULT_JOBS = 4
 log = logging.getLogger(__name__)
@@ -96,12 +103,17 @@ async def copy(
     platform: str | Platform | None = None,
     progress: Progress | None = None,
     options: HttpOptions | None = None,
+    resume: bool = True,
 ) -> CopyResult:
     """Copy the image or index that ``src`` names to ``dst``, verifying every byte.
 
     ``src``/``dst`` are reference strings (``docker://…``, bare Docker references, ``oci:…``),
     parsed references, or target objects. ``platform`` (``os/arch[/variant]``) copies only that
-    manifest of a multi-platform index. Raises :class:`~ociflow.errors.OciflowError` subclasses.
+    manifest of a multi-platform index. With ``resume``, an interrupted copy (cancelled, killed,
+    failed on the network) leaves partial downloads and open upload sessions for the next run
+    of the same copy to continue (see :mod:`ociflow.journal`); target objects passed in keep
+    their own settings. Raises :class:`~ociflow.errors.OciflowError` subclasses;
+    :class:`~ociflow.errors.CancelledTransferError` when cancelled.
     """
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
@@ -109,15 +121,23 @@ async def copy(
     progress = progress or Progress()
     async with Session(options, jobs=jobs) as session:
         source = src if isinstance(src, Source) else open_source(src, session, options)
-        destination = (
-            dst if isinstance(dst, Destination) else open_destination(dst, session, options)
-        )
+        if isinstance(dst, Destination):
+            destination = dst
+        else:
+            sessions = None
+            if resume:
+                from ociflow.journal import UploadJournal, source_id
+
+                sessions = UploadJournal().for_source(source_id(source.reference))
+            destination = open_destination(
+                dst, session, options, resume=resume, sessions=sessions
+            )
         try:
             return await _Copier(source, destination, jobs, progress).run(wanted)
         except asyncio.CancelledError:
+            again = "; run the same command again to continue" if resume else ""
             raise CancelledTransferError(
-                f"copy {source.reference} -> {destination.reference} interrupted; "
-                "run it again to continue"
+                f"copy {source.reference} -> {destination.reference} interrupted{again}"
             ) from None
         finally:
             progress.finish()
@@ -135,10 +155,19 @@ def copy_sync(
     platform: str | Platform | None = None,
     progress: Progress | None = None,
     options: HttpOptions | None = None,
+    resume: bool = True,
 ) -> CopyResult:
     """:func:`copy` for synchronous callers (runs its own event loop)."""
     return asyncio.run(
-        copy(src, dst, jobs=jobs, platform=platform, progress=progress, options=options)
+        copy(
+            src,
+            dst,
+            jobs=jobs,
+            platform=platform,
+            progress=progress,
+            options=options,
+            resume=resume,
+        )
     )
 
 
@@ -256,17 +285,35 @@ class _Copier:
         means the source itself is wrong, and retrying would loop (reliability.md P5).
         """
         try:
-            await self.dest.push_blob(desc, lambda: self._open(desc))
+            await self.dest.push_blob(desc, _BlobOpener(self, desc))
         except DigestMismatchError as first:
+            # A destination that resumed a partial blob has discarded it by now, so this
+            # fetch starts from byte 0.
             log.warning("%s; fetching it once more", first)
-            await self.dest.push_blob(desc, lambda: self._open(desc))
+            await self.dest.push_blob(desc, _BlobOpener(self, desc))
 
-    def _open(self, desc: Descriptor) -> Any:
-        def count(n: int) -> None:
-            self.counts.bytes += n
-            self.progress.blob_bytes(desc, n)
 
-        return verified(self.source.fetch_blob(desc), desc, count)
+class _BlobOpener:
+    """The engine's :class:`~ociflow.target.ResumableOpener` for one blob: the source's stream,
+    verified, counted (bytes transferred, progress)."""
+
+    def __init__(self, copier: _Copier, desc: Descriptor) -> None:
+        self._copier = copier
+        self._desc = desc
+
+    def __call__(self) -> BlobStream:
+        return verified(self._copier.source.fetch_blob(self._desc), self._desc, self._count)
+
+    def resume(self, verifier: Verifier) -> BlobStream:
+        desc, held = self._desc, verifier.received
+        # The bytes the destination holds count as progress, not as bytes transferred.
+        self._copier.progress.blob_bytes(desc, held)
+        stream = self._copier.source.fetch_blob(desc, offset=held)
+        return verified(stream, desc, self._count, verifier=verifier)
+
+    def _count(self, n: int) -> None:
+        self._copier.counts.bytes += n
+        self._copier.progress.blob_bytes(self._desc, n)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

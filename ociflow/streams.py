@@ -21,16 +21,22 @@ async def verified(
     desc: Descriptor,
     on_bytes: Callable[[int], None] | None = None,
     what: str = "blob",
+    verifier: Verifier | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """Yield ``chunks`` unchanged, checking them against ``desc``.
 
     Raises :class:`DigestMismatchError` before yielding the chunk that completes the expected
     size if the digest is wrong, when the source ends short, or when it sends more than
     ``desc.size`` bytes. ``on_bytes`` is told of every chunk delivered (for progress).
+
+    ``verifier``, when given, has already consumed the blob's first ``verifier.received``
+    bytes (a resumed download): ``chunks`` are the rest, and the whole blob is checked once.
     """
-    verifier = Verifier(desc.digest, desc.size, f"{what} {desc.media_type}")
+    if verifier is None:
+        verifier = Verifier(desc.digest, desc.size, f"{what} {desc.media_type}")
     loop = asyncio.get_running_loop()
     pending: asyncio.Future[None] | None = None
+    finished = False
     async with aclosing(chunks):
         try:
             async for chunk in chunks:
@@ -42,6 +48,7 @@ async def verified(
                 if verifier.received + len(chunk) >= desc.size:
                     # The last chunk (or an overrun): verify fully before letting it out.
                     await loop.run_in_executor(None, _finish, verifier, chunk)
+                    finished = True
                     if on_bytes:
                         on_bytes(len(chunk))
                     yield chunk
@@ -57,7 +64,9 @@ async def verified(
             if pending is not None:
                 # Never leave a hashing thread running past the stream's life.
                 await asyncio.shield(pending)
-    if desc.size == 0 or verifier.received < desc.size:
+    if not finished:
+        # Empty, short, or nothing left after a resume that already had every byte: the
+        # digest has not been checked yet.
         verifier.verify()
 
 

@@ -556,9 +556,10 @@ async def test_stream_failing_midway_leaves_nothing(tmp_path: Path, image: Image
     assert await source(layout, "1.0").fetch_manifest(image.manifest_desc) == image.manifest
 
 
-async def test_cancelled_push_leaves_nothing(tmp_path: Path, image: Image) -> None:
+async def test_cancelled_push_without_resume_leaves_nothing(tmp_path: Path, image: Image) -> None:
+    # With resume (the default) the partial file is kept: tests/test_crash_resume.py.
     layout = tmp_path / "layout"
-    dst = LayoutTarget(LayoutReference(str(layout), "1.0"), create=True)
+    dst = LayoutTarget(LayoutReference(str(layout), "1.0"), create=True, resume=False)
     started = asyncio.Event()
 
     async def stalls() -> AsyncIterator[bytes]:

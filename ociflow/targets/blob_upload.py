@@ -32,23 +32,31 @@ Recovery, after a failure that is not the source's:
   the session is deleted and the source's own error raised; the engine decides.
 
 The budget is ``options.retry``: ``attempts`` consecutive failures, backoff in between; a chunk
-the registry accepted resets the count. Cancellation (U15) deletes the session (best effort,
-bounded), unless a :class:`SessionStore` records sessions: then it is left open for the next run
-to continue. Memory: one source chunk at a time; chunk bodies stream from the source.
+the registry accepted resets the count. Cancellation (U15, C5) deletes the session (best effort,
+bounded by :data:`CANCEL_DELETE_TIMEOUT`), unless a :class:`SessionStore` records sessions: then
+it is left open for the next run to continue. Memory: one source chunk at a time; chunk bodies
+stream from the source.
 
-*Crash resume.* A :class:`SessionStore` (e.g. an on-disk journal) is told of every open session
-and confirmed offset as an :class:`UploadSession`, asked for one before a new upload, and told
-to forget it once the blob is committed or the session abandoned. A session found there is
-checked with ``GET <location>`` and continued from the registry's offset.
+*Crash resume.* A :class:`SessionStore` (the on-disk journal, :mod:`ociflow.journal`) is told
+of every open session and confirmed offset as an :class:`UploadSession`, asked for one before a
+new upload, and told to forget it once the blob is committed or the session abandoned. A session
+found there is checked with ``GET <location>`` and continued from the registry's offset. Because
+distribution 2.8 refuses a session a request reached in part (above), a cancelled upload that
+records sessions lets the request carrying bytes *in flight* finish first, for at most
+:data:`CANCEL_GRACE` seconds, and records where it ended: a Ctrl-C'd upload stays resumable. A
+request still running after that is cut, and so is everything on a SIGKILL: the session recorded
+last is then refused by distribution (the next run sees the ``GET`` fail, forgets it, and starts
+the blob from byte 0), while registries that keep sessions continue it from their offset. A kill
+that falls between two chunks is continued by any registry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from yarl import URL
@@ -70,12 +78,16 @@ from ociflow.http.options import HttpOptions
 from ociflow.target import BlobStream, Opener
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MAX_CHUNK_SIZE = 256 * 1024 * 1024
 """Cap on the PATCH size, whatever ``OCI-Chunk-Min-Length`` asks for (reliability.md U8)."""
 
 # How long a cancelled upload may spend deleting its session (C5: cancel within about 1 s).
 CANCEL_DELETE_TIMEOUT = 1.0
+CANCEL_GRACE = 1.0
+"""How long a cancelled upload that records sessions waits for the request in flight to land, so
+that the session is left at a chunk boundary (module docstring); then the request is cut."""
 
 _SESSION_GONE_CODES = frozenset({"BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"})
 _OCTET_STREAM = "application/octet-stream"
@@ -329,13 +341,17 @@ class _Upload:
         self.offset = 0
         self.chunk = chunk_length(options.chunk_size, None)
         self.failures = 0
+        # Set when a request that landed during a cancellation's grace was refused for good:
+        # the session is then not worth keeping.
+        self.abandon = False
 
     async def run(self) -> None:
         try:
             await self._run()
         except asyncio.CancelledError:
-            if self.location is not None and self.store is None:
+            if self.location is not None and (self.store is None or self.abandon):
                 await self._delete_bounded()
+                self._forget()
             raise
         except Exception as exc:
             if self.location is not None and not (
@@ -359,13 +375,16 @@ class _Upload:
                     await self._send_chunks()
                 else:
                     await self._send_whole()
-                break
+                return
             except _Failed as failure:
                 await self._count(failure.error)
                 chunked = True
                 if await self._recover(failure):
-                    break
-        self.location = None  # committed: nothing to cancel
+                    self._committed()
+                    return
+
+    def _committed(self) -> None:
+        self.location = None  # nothing to cancel
         self._forget()
 
     # -- starting and recovering sessions ------------------------------------------------
@@ -488,14 +507,12 @@ class _Upload:
     async def _send_whole(self) -> None:
         assert self.location is not None
         await self.source.seek(0)
-        response = await self._send(
-            "PUT",
-            with_digest(self.location, self.desc.digest),
-            {"Content-Type": _OCTET_STREAM, "Content-Length": str(self.size)},
-            self.source.take(self.size),
-            closing=True,
+        await self._landing(
+            self._close(
+                {"Content-Type": _OCTET_STREAM, "Content-Length": str(self.size)},
+                self.source.take(self.size),
+            )
         )
-        await self._closed(response)
 
     async def _send_chunks(self) -> None:
         while True:
@@ -507,38 +524,74 @@ class _Upload:
                 headers = {"Content-Type": _OCTET_STREAM, "Content-Length": str(remaining)}
                 if remaining:
                     headers["Content-Range"] = f"{self.offset}-{self.size - 1}"
-                response = await self._send(
-                    "PUT",
-                    with_digest(self.location, self.desc.digest),
-                    headers,
-                    self.source.take(remaining),
-                    closing=True,
-                )
-                await self._closed(response)
+                await self._landing(self._close(headers, self.source.take(remaining)))
                 return
-            length = self.chunk
-            response = await self._send(
-                "PATCH",
-                self.location,
-                {
-                    "Content-Type": _OCTET_STREAM,
-                    "Content-Length": str(length),
-                    # Inclusive, without a unit (distribution-spec "chunked upload").
-                    "Content-Range": f"{self.offset}-{self.offset + length - 1}",
-                },
-                self.source.take(length),
-                closing=False,
-            )
-            async with response:
-                if response.status not in (201, 202):
-                    raise await self._failure(response, closing=False)
-                location = response.headers.get("Location")
-                request_url = response.url
-            if location:
-                self.location = resolve_location(request_url, location, self.context)
-            self.offset += length
-            self.failures = 0
-            self._record()
+            await self._landing(self._patch(self.chunk))
+
+    async def _patch(self, length: int) -> None:
+        """PATCH the next ``length`` bytes; on acceptance, move and record the offset."""
+        assert self.location is not None
+        response = await self._send(
+            "PATCH",
+            self.location,
+            {
+                "Content-Type": _OCTET_STREAM,
+                "Content-Length": str(length),
+                # Inclusive, without a unit (distribution-spec "chunked upload").
+                "Content-Range": f"{self.offset}-{self.offset + length - 1}",
+            },
+            self.source.take(length),
+            closing=False,
+        )
+        async with response:
+            if response.status not in (201, 202):
+                raise await self._failure(response, closing=False)
+            location = response.headers.get("Location")
+            request_url = response.url
+        if location:
+            self.location = resolve_location(request_url, location, self.context)
+        self.offset += length
+        self.failures = 0
+        self._record()
+
+    async def _close(self, headers: dict[str, str], body: Body) -> None:
+        """The closing PUT (with the last bytes); on success the upload is committed."""
+        assert self.location is not None
+        response = await self._send(
+            "PUT", with_digest(self.location, self.desc.digest), headers, body, closing=True
+        )
+        await self._closed(response)
+        self._committed()
+
+    async def _landing(self, exchange: Coroutine[Any, Any, _T]) -> _T:
+        """Run a request that carries blob bytes.
+
+        Cancelled meanwhile while a store records sessions, the request is given
+        :data:`CANCEL_GRACE` seconds to finish (it records its own outcome) before it is cut:
+        a request that reaches distribution in part makes its session unusable, one that lands
+        leaves the session resumable at the recorded offset (module docstring).
+        """
+        if self.store is None:
+            return await exchange
+        task = asyncio.ensure_future(exchange)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            try:
+                if not task.done():
+                    await asyncio.wait({task}, timeout=CANCEL_GRACE)
+            finally:
+                if not task.done():
+                    task.cancel()
+                    await asyncio.wait({task})
+                if not task.cancelled():
+                    error = task.exception()
+                    # A refusal that retrying would not cure (DIGEST_INVALID, 403, the source's
+                    # own error) or a vanished session leaves nothing to resume.
+                    self.abandon = error is not None and not (
+                        isinstance(error, _Failed) and not error.gone
+                    )
+            raise
 
     async def _send(
         self, method: str, url: URL, headers: dict[str, str], body: Body, *, closing: bool

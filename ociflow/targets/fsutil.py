@@ -17,7 +17,7 @@ import fcntl
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ociflow.errors import LayoutError
 
@@ -26,6 +26,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # fstat check that follows rejects it. It has no effect on regular files.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK again so that a FIFO planted at the name can never block the open.
+_LOCKED_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def kind_of(mode: int) -> str:
@@ -142,9 +144,9 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def create_exclusive(name: str, dir_fd: int) -> int:
+def create_exclusive(name: str, dir_fd: int, mode: int = 0o644) -> int:
     """Create a new file ``name`` for writing; fails if anything (even a symlink) is there."""
-    return os.open(name, _CREATE_FLAGS, 0o644, dir_fd=dir_fd)
+    return os.open(name, _CREATE_FLAGS, mode, dir_fd=dir_fd)
 
 
 def unlink_quietly(name: str, dir_fd: int) -> None:
@@ -153,31 +155,40 @@ def unlink_quietly(name: str, dir_fd: int) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
-def atomic_write(name: str, dir_fd: int, data: bytes) -> None:
-    """Replace ``name`` with ``data`` atomically and durably: temp + fsync + rename + fsync dir."""
+def atomic_write(
+    name: str, dir_fd: int, data: bytes, mode: int = 0o644, *, durable: bool = True
+) -> None:
+    """Replace ``name`` with ``data`` atomically and durably: temp + fsync + rename + fsync dir.
+
+    The new file gets ``mode`` (masked by the umask) from its creation on, never wider. Without
+    ``durable`` the fsyncs are skipped: still atomic for every reader and across a killed
+    process, but a power loss may lose the change (for files that are only hints).
+    """
     temp = f".{name}.{secrets.token_hex(6)}.tmp"
-    fd = create_exclusive(temp, dir_fd)
+    fd = create_exclusive(temp, dir_fd, mode)
     try:
         try:
             write_all(fd, data)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         unlink_quietly(temp, dir_fd)
         raise
-    os.fsync(dir_fd)
+    if durable:
+        os.fsync(dir_fd)
 
 
 @contextlib.contextmanager
-def exclusive_lock(name: str, dir_fd: int) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the lock file ``name`` (created if missing).
+def exclusive_lock(name: str, dir_fd: int, mode: int = 0o644) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the lock file ``name`` (created with ``mode`` if missing).
 
     ``flock`` locks belong to the open file description, so the lock also serialises threads of
     one process, and the kernel drops it when a process dies: no stale locks after a crash.
     """
-    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -200,11 +211,17 @@ def create_locked_temp(prefix: str, suffix: str, dir_fd: int) -> tuple[int, str]
     raise OSError(errno.EAGAIN, "could not create a locked temporary file", prefix)
 
 
-def sweep_abandoned(suffix: str, dir_fd: int) -> int:
+def sweep_abandoned(
+    suffix: str,
+    dir_fd: int,
+    keep: Callable[[str, os.stat_result], bool] | None = None,
+) -> int:
     """Remove the files named ``*<suffix>`` that no live process holds locked; return how many.
 
     A process that dies mid-write releases its lock, so its temp file is removed by the next run
-    (reliability.md L1). Symlinks and special files are left alone.
+    (reliability.md L1), unless ``keep(name, stat)`` says it is worth keeping (a resumable
+    partial file); it is asked while the file is locked. Symlinks and special files are left
+    alone.
     """
     removed = 0
     for name in os.listdir(dir_fd):
@@ -215,12 +232,57 @@ def sweep_abandoned(suffix: str, dir_fd: int) -> int:
         except OSError:
             continue
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode) and try_lock(fd):
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and try_lock(fd):
+                if keep is not None and keep(name, st):
+                    continue
                 unlink_quietly(name, dir_fd)
                 removed += 1
         finally:
             os.close(fd)
     return removed
+
+
+def open_locked(name: str, dir_fd: int, what: str) -> tuple[int, int] | None:
+    """Open the regular file ``name`` for reading and writing (created if missing) and take its
+    ``flock`` without waiting; return the descriptor and the file's size, or None when another
+    open file holds the lock.
+
+    The file locked is the one still at ``name``: one renamed or removed by its previous holder
+    between our open and our lock is let go and ``name`` opened afresh. A symlink, FIFO, device
+    or directory at ``name`` is refused (LayoutError naming ``what``).
+    """
+    for _ in range(8):
+        try:
+            fd = os.open(name, _LOCKED_FLAGS, 0o644, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LayoutError(f"{what} is not a regular file (symlink)") from None
+            if exc.errno in (errno.EISDIR, errno.ENXIO):
+                kind = kind_of(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+                raise LayoutError(f"{what} is not a regular file ({kind})") from None
+            raise
+        try:
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode):
+                raise LayoutError(f"{what} is not a regular file ({kind_of(opened.st_mode)})")
+            if not try_lock(fd):
+                os.close(fd)
+                return None
+            try:
+                current = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_dev, current.st_ino) == (
+                opened.st_dev,
+                opened.st_ino,
+            ):
+                return fd, os.fstat(fd).st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise OSError(errno.EAGAIN, "could not lock a stable partial file", name)
 
 
 def try_lock(fd: int) -> bool:

@@ -14,6 +14,23 @@ then renamed into place; ``index.json`` is replaced atomically under an exclusiv
 durable once per :meth:`LayoutTarget.push_root` (before ``index.json`` refers to them), not per
 blob. All file I/O runs in worker threads.
 
+*Resumable partial files* (reliability.md P20, L1, L7). A blob is written to
+``.ociflow-ingest/<alg>-<encoded>.partial``, a name stable per digest, ``flock``'d while a
+process writes it. An interrupted write (cancellation, Ctrl-C, a network failure that outlived
+the retries, SIGKILL) leaves it there; the next write of that blob re-hashes its bytes (in
+worker threads, a few MiB a hop, so cancellation stays prompt) and, when the opener is a
+:class:`~ociflow.target.ResumableOpener`, asks the source only for the rest: the whole blob is
+still verified once, in order, before the rename. A partial whose blob turns out wrong is
+removed before the error propagates (the engine's one re-fetch then starts from zero); so is a
+partial longer than the blob, one left by a write that failed for any other reason (content,
+disk full: no retry), and one that is empty. When another process holds the partial's lock, this
+one writes a private ``<alg>-<encoded>.<random>.partial`` beside it (the first to finish wins;
+the other's rename is skipped), which is never resumed and is removed on failure. Abandoned
+private files are swept when a layout is first written; abandoned per-digest partials are kept
+for :data:`PARTIAL_MAX_AGE`, unless their blob is already complete. Written bytes go straight to
+the file with ``os.write`` (no user-space buffer to lose on a kill); a partial is not fsync'd on
+interruption, because its bytes are never trusted without the re-hash.
+
 ``index.json`` is read with the manifest cap (:data:`~ociflow.manifest.MAX_MANIFEST_SIZE`)
 rather than a larger one, because it is validated with :func:`~ociflow.manifest.parse_manifest`,
 which refuses anything bigger.
@@ -22,8 +39,12 @@ which refuses anything bigger.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
 import os
+import stat
+import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, replace
@@ -31,17 +52,27 @@ from typing import Any, ParamSpec, TypeVar
 
 from ociflow import mediatypes
 from ociflow.descriptor import Descriptor
-from ociflow.digest import Digest, verify_bytes
+from ociflow.digest import Digest, Verifier, verify_bytes
 from ociflow.errors import (
     DigestMismatchError,
+    InvalidDigestError,
     InvalidManifestError,
     InvalidReferenceError,
     LayoutError,
     NotFoundError,
+    RegistryError,
+    TransportError,
 )
 from ociflow.manifest import MAX_MANIFEST_SIZE, Manifest, parse_manifest
 from ociflow.reference import LayoutReference, Reference, is_valid_ref_name
-from ociflow.target import CHUNK_SIZE, BlobStream, Capabilities, Opener, Source
+from ociflow.target import (
+    CHUNK_SIZE,
+    BlobStream,
+    Capabilities,
+    Opener,
+    ResumableOpener,
+    Source,
+)
 from ociflow.targets import fsutil
 
 OCI_LAYOUT_FILE = "oci-layout"
@@ -55,7 +86,13 @@ REF_NAME = "org.opencontainers.image.ref.name"
 # containerd (and Docker's containerd store) record the full image name here (protocol.md §2.7).
 CONTAINERD_NAME = "io.containerd.image.name"
 MAX_OCI_LAYOUT_SIZE = 64 * 1024
+PARTIAL_MAX_AGE = 7 * 24 * 3600
+"""Seconds after its last write that an abandoned per-digest partial file is swept."""
+# Bytes of a partial file re-hashed per worker-thread hop: large enough that the hop is cheap,
+# small enough that a cancellation waits for at most a few milliseconds of hashing.
+REHASH_STEP = 4 * CHUNK_SIZE
 MAX_INDEX_SIZE = MAX_MANIFEST_SIZE
+log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -66,15 +103,45 @@ _EMPTY_INDEX = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifest
 _OWN_NAMES = frozenset({INDEX_FILE, BLOBS_DIR, INGEST_DIR, LOCK_FILE})
 # fsutil.atomic_write names its temp files ".<name>.<random>.tmp".
 _ROOT_TEMP_PREFIXES = (f".{INDEX_FILE}.", f".{OCI_LAYOUT_FILE}.")
+# Failures after which a partial file is worth keeping: the bytes written are as good as they
+# were, only the transfer stopped (interrupted, or the network/registry failed past the retries).
+_RESUMABLE_FAILURES = (asyncio.CancelledError, KeyboardInterrupt, TransportError, RegistryError)
+
+
+def partial_name(digest: Digest) -> str:
+    """The per-digest name of a blob's resumable partial file in ``.ociflow-ingest/``."""
+    return f"{digest.algorithm}-{digest.encoded}{PARTIAL_SUFFIX}"
+
+
+def _partial_digest(name: str) -> Digest | None:
+    """The digest a per-digest partial file name stands for; None for any other name."""
+    if not name.endswith(PARTIAL_SUFFIX):
+        return None
+    algorithm, sep, encoded = name.removesuffix(PARTIAL_SUFFIX).partition("-")
+    if not sep:
+        return None
+    try:
+        return Digest(f"{algorithm}:{encoded}")
+    except InvalidDigestError:
+        return None
 
 
 @dataclass(slots=True)
 class _Partial:
-    """A locked temp file in the ingest directory, and that directory's descriptor."""
+    """A locked temp file in the ingest directory, and that directory's descriptor.
+
+    ``resumable``: the per-digest name, kept after an interruption; ``length``: the bytes it
+    held from an earlier run when it was opened (0 for a new or private file).
+    """
 
     fd: int
     name: str
     ingest_fd: int
+    resumable: bool = False
+    length: int = 0
+
+    def has_data(self) -> bool:
+        return os.fstat(self.fd).st_size > 0
 
     def close(self, *, discard: bool) -> None:
         # Runs on the event loop, also while a task is being cancelled: one unlink and two
@@ -90,16 +157,21 @@ class _Partial:
 class LayoutTarget:
     """An OCI image layout directory, as a :class:`Source` and a :class:`Destination`.
 
-    With ``create``, writing creates the layout if the directory is missing or empty.
+    With ``create``, writing creates the layout if the directory is missing or empty. With
+    ``resume`` (the default), an interrupted blob write leaves its partial file for the next run
+    to continue; without it, partial files are private and removed on any failure.
     """
 
-    def __init__(self, reference: LayoutReference, *, create: bool = False) -> None:
+    def __init__(
+        self, reference: LayoutReference, *, create: bool = False, resume: bool = True
+    ) -> None:
         self.reference: Reference = reference
         self.capabilities = Capabilities(concurrent_writes=True, mount=False)
         self._ref = reference
         self._path = reference.path
         self._where = f"oci:{reference.path}"
         self._create = create
+        self._resume = resume
         self._prepared = False
         self._prepare_lock = asyncio.Lock()
         # blobs/<alg> directories holding renames not yet made durable (fsync'd in push_root).
@@ -123,19 +195,24 @@ class LayoutTarget:
         read = self._guard(f"reading manifest {digest}", self._read_manifest)
         return await asyncio.to_thread(read, digest, desc.size)
 
-    async def fetch_blob(self, desc: Descriptor) -> AsyncGenerator[bytes, None]:
-        """The raw content of blob ``desc`` in chunks of CHUNK_SIZE (verified by the caller).
+    async def fetch_blob(
+        self, desc: Descriptor, *, offset: int = 0
+    ) -> AsyncGenerator[bytes, None]:
+        """The raw content of blob ``desc`` from byte ``offset`` on, in chunks of CHUNK_SIZE
+        (verified by the caller).
 
         The file must be a regular file of exactly ``desc.size`` bytes, checked before reading.
         The next chunk is read in a worker thread while the consumer handles the current one.
         """
         digest = Digest(desc.digest)
+        if not 0 <= offset <= desc.size:
+            raise ValueError(f"offset {offset} outside the blob's {desc.size} bytes")
         loop = asyncio.get_running_loop()
         read = self._guard(f"reading blob {digest}", os.read)
         fd = await asyncio.to_thread(
-            self._guard(f"opening blob {digest}", self._open_blob), digest, desc.size
+            self._guard(f"opening blob {digest}", self._open_blob), digest, desc.size, offset
         )
-        remaining = desc.size
+        remaining = desc.size - offset
         pending: asyncio.Future[bytes] | None = None
         try:
             if remaining:
@@ -169,13 +246,14 @@ class LayoutTarget:
     async def push_blob(self, desc: Descriptor, open_stream: Opener) -> None:
         """Store a blob from a verified stream; it appears at its final path only when complete.
 
-        A blob already present is left untouched and its stream never opened.
+        A blob already present is left untouched and its stream never opened. A partial file
+        of the blob left by an interrupted run is re-hashed and continued when ``open_stream``
+        is a :class:`~ociflow.target.ResumableOpener` (see the module docstring).
         """
-        digest = Digest(desc.digest)
         await self._prepare()
         if await self.exists(desc):
             return
-        await self._ingest(digest, desc.size, open_stream())
+        await self._ingest(desc, open_stream, resumable=self._resume)
 
     async def push_manifest(self, desc: Descriptor, data: bytes) -> None:
         """Verify ``data`` against ``desc`` and store it as a blob."""
@@ -184,7 +262,7 @@ class LayoutTarget:
         await self._prepare()
         if await self.exists(desc):
             return
-        await self._ingest(digest, desc.size, _single(data))
+        await self._ingest(desc, lambda: _single(data), resumable=False)
 
     async def push_root(self, desc: Descriptor, data: bytes, tag: str | None) -> None:
         """Store the root manifest, then record it in index.json (tagged, or untagged).
@@ -276,8 +354,8 @@ class LayoutTarget:
         finally:
             os.close(blobs)
 
-    def _open_blob(self, digest: Digest, size: int, what: str = "blob") -> int:
-        """Open a blob for reading; it must be a regular file of ``size`` bytes."""
+    def _open_blob(self, digest: Digest, size: int, offset: int = 0, what: str = "blob") -> int:
+        """Open a blob for reading at ``offset``; it must be a regular file of ``size`` bytes."""
         root = self._open_root()
         try:
             alg = self._blob_dir(root, digest)
@@ -295,10 +373,16 @@ class LayoutTarget:
                 f"{self._where}: {what} {digest}: size mismatch, expected {size} bytes, "
                 f"the layout holds {st.st_size}"
             )
+        if offset:
+            try:
+                os.lseek(fd, offset, os.SEEK_SET)
+            except BaseException:
+                os.close(fd)
+                raise
         return fd
 
     def _read_manifest(self, digest: Digest, size: int) -> bytes:
-        fd = self._open_blob(digest, size, "manifest")
+        fd = self._open_blob(digest, size, what="manifest")
         try:
             data = fsutil.read_limited(fd, size)
         finally:
@@ -392,11 +476,31 @@ class LayoutTarget:
             except FileNotFoundError:
                 return
             try:
-                fsutil.sweep_abandoned(PARTIAL_SUFFIX, ingest)
+                fsutil.sweep_abandoned(
+                    PARTIAL_SUFFIX, ingest, keep=lambda name, st: self._keep_partial(root, name, st)
+                )
             finally:
                 os.close(ingest)
         finally:
             os.close(root)
+
+    def _keep_partial(self, root: int, name: str, st: os.stat_result) -> bool:
+        """Whether an abandoned partial file is worth keeping for a later run: a per-digest
+        one, written to recently, whose blob is not complete in the layout yet."""
+        digest = _partial_digest(name)
+        if digest is None or time.time() - st.st_mtime > PARTIAL_MAX_AGE:
+            return False
+        try:
+            alg = self._blob_dir(root, digest)
+        except (FileNotFoundError, LayoutError):
+            return True
+        try:
+            done = os.stat(digest.encoded, dir_fd=alg, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        finally:
+            os.close(alg)
+        return not stat.S_ISREG(done.st_mode)
 
     def _create_layout(self, root: int) -> None:
         """Make ``root`` a layout; called under the lock, so a racing creator finds it done."""
@@ -412,25 +516,52 @@ class LayoutTarget:
         # oci-layout last: its presence says the layout is complete.
         fsutil.atomic_write(OCI_LAYOUT_FILE, root, _OCI_LAYOUT_BYTES)
 
-    async def _ingest(self, digest: Digest, size: int, stream: BlobStream) -> None:
-        """Stream into a locked temp file, fsync it, and rename it to ``blobs/<alg>/<enc>``.
+    async def _ingest(self, desc: Descriptor, open_stream: Opener, *, resumable: bool) -> None:
+        """Stream into a locked partial file, fsync it, and rename it to ``blobs/<alg>/<enc>``.
 
-        Writing chunk i in a worker thread overlaps producing chunk i+1. On any failure the
-        temp file is removed and nothing appears at the final path.
+        Writing chunk i in a worker thread overlaps producing chunk i+1. With ``resumable``, the
+        per-digest partial is used: continued if an earlier run left one, and kept after an
+        interruption or a network failure. On any other failure the file is removed. Nothing
+        ever appears at the final path unless complete and verified.
         """
+        digest = Digest(desc.digest)
+        size = desc.size
         loop = asyncio.get_running_loop()
         operation = f"writing blob {digest}"
         write = self._guard(operation, fsutil.write_all)
-        begin = loop.run_in_executor(None, self._guard(operation, self._begin), digest)
+        begin = loop.run_in_executor(
+            None, self._guard(operation, self._begin), digest, size, resumable
+        )
         try:
             partial = await asyncio.shield(begin)
         except asyncio.CancelledError:
-            begin.add_done_callback(_discard_partial)
+            begin.add_done_callback(_release_partial)
             raise
-        inflight: asyncio.Future[None] | None = None
-        committed = False
+        inflight: asyncio.Future[Any] | None = None
+        committed = keep = False
         try:
-            written = 0
+            verifier: Verifier | None = None
+            if partial.length and not isinstance(open_stream, ResumableOpener):
+                # This opener can only start from byte 0: the earlier bytes are of no use.
+                inflight = loop.run_in_executor(None, self._guard(operation, _restart), partial)
+                await asyncio.shield(inflight)
+            elif partial.length:
+                verifier = Verifier(digest, size, f"blob {desc.media_type}")
+                rehash = self._guard(f"re-reading the partial file of blob {digest}", _rehash)
+                for start in range(0, partial.length, REHASH_STEP):
+                    step = min(REHASH_STEP, partial.length - start)
+                    inflight = loop.run_in_executor(
+                        None, rehash, partial.fd, start, step, verifier
+                    )
+                    await asyncio.shield(inflight)
+                log.debug("%s: blob %s: continuing after the %d bytes of a partial file",
+                          self._where, digest, verifier.received)
+            if verifier is not None:
+                assert isinstance(open_stream, ResumableOpener)
+                stream = open_stream.resume(verifier)
+            else:
+                stream = open_stream()
+            written = verifier.received if verifier is not None else 0
             async with aclosing(_closable(stream)) as chunks:
                 async for chunk in chunks:
                     written += len(chunk)
@@ -453,6 +584,10 @@ class LayoutTarget:
             inflight = loop.run_in_executor(None, commit, partial, digest, size)
             await asyncio.shield(inflight)
             committed = True
+        except BaseException as exc:
+            # Keep what was written only when the bytes are not in doubt (L1, L7).
+            keep = partial.resumable and isinstance(exc, _RESUMABLE_FAILURES)
+            raise
         finally:
             try:
                 if inflight is not None and not inflight.done():
@@ -460,9 +595,14 @@ class LayoutTarget:
                     await asyncio.wait({inflight})
             finally:
                 # Cancelled again while waiting: clean up when the worker is done.
-                _after(inflight, lambda: partial.close(discard=not committed))
+                _after(
+                    inflight,
+                    lambda: partial.close(
+                        discard=not committed and not (keep and partial.has_data())
+                    ),
+                )
 
-    def _begin(self, digest: Digest) -> _Partial:
+    def _begin(self, digest: Digest, size: int, resumable: bool) -> _Partial:
         root = self._open_root()
         try:
             # Create blobs/<alg> now, so that a layout error surfaces before any transfer.
@@ -470,7 +610,7 @@ class LayoutTarget:
             attempts = 5
             while True:
                 try:
-                    return self._create_partial(root, digest)
+                    return self._open_partial(root, digest, size, resumable)
                 except FileNotFoundError:
                     # Another writer's close() removed the empty ingest directory between
                     # our mkdir and create; once our file is in it, it cannot be removed.
@@ -480,9 +620,30 @@ class LayoutTarget:
         finally:
             os.close(root)
 
-    def _create_partial(self, root: int, digest: Digest) -> _Partial:
+    def _open_partial(self, root: int, digest: Digest, size: int, resumable: bool) -> _Partial:
+        """The per-digest partial file, locked (with the length it holds), when ``resumable``
+        and no other process is writing it; else a new private one."""
         ingest = fsutil.open_dir(INGEST_DIR, root, f"{self._where}: {INGEST_DIR}", create=True)
         try:
+            if resumable:
+                name = partial_name(digest)
+                opened = fsutil.open_locked(
+                    name, ingest, f"{self._where}: {INGEST_DIR}/{name}"
+                )
+                if opened is not None:
+                    fd, length = opened
+                    try:
+                        if length > size:
+                            # Not a prefix of this blob, whatever it is.
+                            os.ftruncate(fd, 0)
+                            length = 0
+                        os.lseek(fd, length, os.SEEK_SET)
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                    return _Partial(fd, name, ingest, resumable=True, length=length)
+                log.debug("%s: blob %s is being written by another process; writing a "
+                          "private copy", self._where, digest)
             fd, name = fsutil.create_locked_temp(
                 f"{digest.algorithm}-{digest.encoded}", PARTIAL_SUFFIX, ingest
             )
@@ -578,10 +739,32 @@ def _remove_stale_temps(root: int) -> None:
             fsutil.unlink_quietly(name, root)
 
 
-def _discard_partial(begin: asyncio.Future[_Partial]) -> None:
-    """Remove the temp file a cancelled ``_begin`` created after its caller stopped waiting."""
+def _release_partial(begin: asyncio.Future[_Partial]) -> None:
+    """Close the file a cancelled ``_begin`` opened after its caller stopped waiting: a
+    resumable partial is kept (unless empty), a private one removed."""
     if not begin.cancelled() and begin.exception() is None:
-        begin.result().close(discard=True)
+        partial = begin.result()
+        partial.close(discard=not (partial.resumable and partial.has_data()))
+
+
+def _restart(partial: _Partial) -> None:
+    """Empty a partial file, to be written from byte 0."""
+    os.ftruncate(partial.fd, 0)
+    os.lseek(partial.fd, 0, os.SEEK_SET)
+    partial.length = 0
+
+
+def _rehash(fd: int, start: int, count: int, verifier: Verifier) -> None:
+    """Feed bytes ``start`` to ``start + count`` of a partial file to ``verifier``."""
+    while count > 0:
+        data = os.pread(fd, min(count, CHUNK_SIZE), start)
+        if not data:
+            # Cannot happen while we hold the lock on a file of that length (unless another
+            # program ignores the lock); the partial is then discarded.
+            raise OSError(errno.EIO, f"the file ended at byte {start}, before its known length")
+        verifier.update(data)
+        start += len(data)
+        count -= len(data)
 
 
 def _after(future: asyncio.Future[Any] | None, cleanup: Callable[[], None]) -> None:
