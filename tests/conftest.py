@@ -28,6 +28,15 @@ def require_binary(name: str) -> str:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Crash-resume journals of the tests go to a temp dir, never to the user's state dir."""
+    state = tmp_path_factory.mktemp("ociflow-state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OCIFLOW_STATE_DIR", str(state))
+        yield state
+
+
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """One real distribution registry for the whole session (tests use distinct repositories)."""

@@ -212,11 +212,13 @@ async def test_429_retry_after_holds_back_every_request_to_the_host(
     limited, other = blobs[1], blobs[2]
     # A 2 s window leaves a wide margin for the other blob's failure to land inside it, even
     # on a loaded machine.
-    proxy.add("GET", blob_path(limited), Fault(status=429, headers={"Retry-After": "2"}),
-              attempts={1})
+    # The 429 is answered after a short delay, so the other blob's first GET is already on its
+    # way (the host backoff would otherwise hold it back before it could fail).
+    proxy.add("GET", blob_path(limited),
+              Fault(status=429, headers={"Retry-After": "2"}, delay=0.2), attempts={1})
     # The other blob fails inside the 429's window, so its own backoff (50 ms) would send it
     # again long before the window ends, if the host backoff did not hold it.
-    proxy.add("GET", blob_path(other), Fault(status=503, delay=0.3), attempts={1})
+    proxy.add("GET", blob_path(other), Fault(status=503, delay=0.6), attempts={1})
     await pull(proxy, repo, tmp_path / "out", jobs=3)
     assert_pulled(tmp_path / "out", blobs)
     rate_limited = proxy.entries("GET", blob_path(limited))
