@@ -182,7 +182,7 @@ def big(scratch_root: Path) -> Image:
 
 @pytest.fixture(scope="module")
 def small(scratch_root: Path) -> Image:
-    return Image.make(scratch_root / "small", 4, seed=21)
+    return Image.make(scratch_root / "small", 10, seed=21)  # three 4 MiB chunks or more
 
 
 def _push(image: Image, registry: RegistryServer, repo: str) -> str:
