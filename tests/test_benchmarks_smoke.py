@@ -165,3 +165,16 @@ def test_a_hung_child_is_killed_and_reported(tmp_path: Path) -> None:
     assert (failing.returncode, failing.stderr_tail, failing.ok) == (3, "boom", False)
     hung = run_measured(["sleep", "60"], stderr_path=tmp_path / "err", timeout=0.5)
     assert hung.timed_out and not hung.ok
+
+
+@pytest.mark.integration
+def test_ranged_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The per-connection-cap benchmark of parallel ranges keeps working (numbers unchecked)."""
+    from benchmarks.ranged import main as ranged_main
+
+    require_binary("docker-registry")
+    assert ranged_main(["--mib", "2", "--cap", "64MiB", "--ks", "2", "--runs", "1"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in table[2:]}
+    assert set(rows) == {"1", "2"}
+    assert float(rows["2"][1]) > 0 and rows["1"][3] == "1.00x"
