@@ -85,3 +85,20 @@ def test_platform_errors_are_value_errors(sample_layout: Path, tmp_path: Path) -
         ociflow.copy_sync(
             f"oci:{sample_layout}:1.0", f"oci:{tmp_path}/x:1", platform="windows/amd64"
         )
+
+
+async def test_tqdm_progress_draws_total_and_blob_bars(
+    sample_layout: Path, tmp_path: Path
+) -> None:
+    import io
+
+    from ociflow.progress import TqdmProgress
+
+    screen = io.StringIO()
+    result = await ociflow.copy(
+        f"oci:{sample_layout}:1.0", f"oci:{tmp_path / 'out'}:1", progress=TqdmProgress(screen)
+    )
+    drawn = screen.getvalue()
+    assert result.blobs_copied > 0
+    # the total bar was drawn and reached every blob byte that was moved
+    assert "total" in drawn and "100%" in drawn
