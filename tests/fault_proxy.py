@@ -50,6 +50,7 @@ class Fault:
     swallow: bool = False  # forward the whole request, then drop the connection unanswered
     request_headers: dict[str, str] = field(default_factory=dict)  # override request headers
     reset_request_after: int | None = None  # take K request body bytes, forward nothing, RST
+    rewrite_status: int | None = None  # forward, then answer with this status (same headers)
 
 
 @dataclass
@@ -211,12 +212,12 @@ class FaultProxy:
                 entry.status = -1
                 _reset(request)
                 raise asyncio.CancelledError
-            entry.status = upstream.status
+            entry.status = fault.rewrite_status or upstream.status
             out = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
             out.update(fault.headers)
             if fault.shift_content_range and "Content-Range" in out:
                 out["Content-Range"] = _shift(out["Content-Range"], fault.shift_content_range)
-            response = web.StreamResponse(status=upstream.status, headers=out)
+            response = web.StreamResponse(status=entry.status, headers=out)
             length = upstream.content_length
             if request.method == "HEAD":
                 if length is not None:

@@ -204,6 +204,20 @@ def test_parse_upload_range(header: str | None, offset: int | None) -> None:
 # -- recovering sessions: U1, U2, U3 ------------------------------------------------------
 
 
+async def test_patch_answered_201_counts_as_accepted(
+    registry: RegistryServer, repo: str, proxy: Proxy
+) -> None:
+    # ECR answers a PATCH with 201 instead of 202 (protocol.md §5.1): still a stored chunk.
+    proxy.add("PATCH", UPLOADS, Fault(rewrite_status=201))
+    data = os.urandom(3 * MiB + 11)
+    desc = await push(proxy, repo, data, CHUNKED)
+    assert await stored(registry, repo, desc) == data
+    log = upload_log(proxy)
+    assert [status for method, _, status in log if method == "PATCH"] == [201, 201, 201]
+    assert log[-1][0] == "PUT" and log[-1][2] == 201
+    assert not [entry for entry in log if entry[0] == "GET"]  # no status query was needed
+
+
 async def test_reset_patch_continues_from_the_registry_offset(
     registry: RegistryServer, repo: str, proxy: Proxy
 ) -> None:
