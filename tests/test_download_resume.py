@@ -213,13 +213,15 @@ async def test_stalled_body_resumes_after_the_stall_timeout(
     big: Blob, proxy: FaultProxy
 ) -> None:
     # P14: headers, some bytes, then nothing: the stall timeout ends the wait, Range resumes.
-    proxy.add("GET", big.path, Fault(stall_after=3 * MiB, stall=30), attempts={1})
+    stall_after = 3 * CHUNK_SIZE  # whole chunks arrive, so some were handed out before the stall
+    assert stall_after < big.desc.size
+    proxy.add("GET", big.path, Fault(stall_after=stall_after, stall=30), attempts={1})
     options = replace(SINGLE, stall_timeout=0.5)
     async with Session(options) as session:
         data = await read_all(source(session, proxy.address, options), big)
     assert data == big.data
     _, second = proxy.entries("GET", big.path)
-    assert 0 < range_start(second) <= 3 * MiB
+    assert 0 < range_start(second) <= stall_after
 
 
 async def test_a_server_that_delivers_nothing_is_given_up_on(
@@ -309,21 +311,24 @@ async def test_parallel_falls_back_to_one_stream_when_range_is_ignored(
     assert entry.status == 200
 
 
-async def test_a_broken_range_is_resumed_on_its_own(small: Blob, proxy: FaultProxy) -> None:
-    # Ranges of 2 MiB; the third request stalls after 1.5 MiB: its first chunk was handed out,
-    # so its resume asks for the rest of that range only.
-    options = replace(PARALLEL, range_size=2 * MiB, stall_timeout=0.3)
-    proxy.add("GET", small.path, Fault(stall_after=MiB + MiB // 2, stall=10), attempts={3})
+async def test_a_broken_range_is_resumed_on_its_own(big: Blob, proxy: FaultProxy) -> None:
+    # Ranges of two chunks; the third request stalls after 1.5 chunks: its first chunk was
+    # handed out, so its resume asks for the rest of that range only.
+    options = replace(PARALLEL, range_size=2 * CHUNK_SIZE, stall_timeout=0.3)
+    ranges = -(-big.desc.size // options.range_size)
+    assert ranges >= 4  # a third range, and the blob does not end with it
+    stall_after = CHUNK_SIZE + CHUNK_SIZE // 2
+    proxy.add("GET", big.path, Fault(stall_after=stall_after, stall=10), attempts={3})
     async with Session(options) as session:
-        data = await read_all(source(session, proxy.address, options), small)
-    assert data == small.data
-    entries = proxy.entries("GET", small.path)
-    assert len(entries) == 5  # four ranges, one of them twice
+        data = await read_all(source(session, proxy.address, options), big)
+    assert data == big.data
+    entries = proxy.entries("GET", big.path)
+    assert len(entries) == ranges + 1  # every range once, the broken one twice
     (broken,) = [e for e in entries if e.fault]
     first, _, last = (broken.range or "").removeprefix("bytes=").partition("-")
     (resumed,) = [e for e in entries if e.started > broken.started and
                   (e.range or "").endswith(f"-{last}")]
-    assert resumed.range == f"bytes={int(first) + MiB}-{last}"
+    assert resumed.range == f"bytes={int(first) + CHUNK_SIZE}-{last}"
     assert resumed.status == 206
 
 

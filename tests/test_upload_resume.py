@@ -54,6 +54,8 @@ QUICK = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
 MONOLITHIC = HttpOptions(plain_http=True, retry=QUICK, chunk_size=MiB)
 CHUNKED = replace(MONOLITHIC, chunked_threshold=MiB)
 UPLOADS = r"/blobs/uploads/"
+# Where start_push's source stops: after whole source chunks, several PATCHes into the upload.
+GATE = 2 * CHUNK_SIZE
 OCI_ERROR = {"Content-Type": "application/json"}
 
 
@@ -446,16 +448,19 @@ class MemoryStore:
 async def start_push(
     proxy: FaultProxy, repo: str, data: bytes, gate: asyncio.Event, store: MemoryStore | None
 ) -> tuple[Descriptor, asyncio.Task[None], Session]:
-    """A chunked push whose source stops before its third MiB until ``gate`` is set."""
+    """A chunked push whose source stops before its third chunk (at :data:`GATE`) until
+    ``gate`` is set; returns once the PATCHes of the bytes before it have been answered."""
+    assert len(data) > GATE
     desc = describe(data)
     session = Session(CHUNKED)
     dst = target(session, proxy.address, repo, CHUNKED)
     dst.sessions = store
     task = asyncio.create_task(
-        dst.push_blob(desc, opener(data, desc, gate=gate, gate_at=2 * MiB))
+        dst.push_blob(desc, opener(data, desc, gate=gate, gate_at=GATE))
     )
+    patches = GATE // CHUNKED.chunk_size
     for _ in range(500):
-        if proxy.count("PATCH", UPLOADS) >= 2 and proxy.journal[-1].ended:
+        if proxy.count("PATCH", UPLOADS) >= patches and proxy.journal[-1].ended:
             break
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
@@ -466,7 +471,7 @@ async def test_cancelled_upload_deletes_its_session(
     registry: RegistryServer, repo: str, proxy: Proxy
 ) -> None:
     # U15: cancelled mid-push: CancelledError propagates, the session is cancelled.
-    data = os.urandom(4 * MiB + 5)
+    data = os.urandom(2 * GATE + 5)
     desc, task, session = await start_push(proxy, repo, data, asyncio.Event(), None)
     try:
         task.cancel()
@@ -481,7 +486,7 @@ async def test_cancelled_upload_deletes_its_session(
 async def test_recorded_session_is_continued_by_the_next_run(
     registry: RegistryServer, repo: str, proxy: Proxy
 ) -> None:
-    data = os.urandom(4 * MiB + 5)
+    data = os.urandom(2 * GATE + 5)
     store = MemoryStore()
     desc, task, session = await start_push(proxy, repo, data, asyncio.Event(), store)
     try:
@@ -492,7 +497,7 @@ async def test_recorded_session_is_continued_by_the_next_run(
         await session.close()
     assert "DELETE" not in [m for m, _, _ in upload_log(proxy)]  # left for the next run
     (recorded,) = store.sessions.values()
-    assert (recorded.offset, recorded.size, recorded.digest) == (2 * MiB, len(data), desc.digest)
+    assert (recorded.offset, recorded.size, recorded.digest) == (GATE, len(data), desc.digest)
     assert recorded.repository == f"{proxy.address}/{repo}"
     proxy.journal.clear()
 
@@ -501,9 +506,9 @@ async def test_recorded_session_is_continued_by_the_next_run(
     async with Session(CHUNKED) as again:
         dst = target(again, proxy.address, repo, CHUNKED)
         dst.sessions = store
-        await dst.push_blob(desc, opener(data, desc, gate=released, gate_at=2 * MiB))
+        await dst.push_blob(desc, opener(data, desc, gate=released, gate_at=GATE))
     assert await stored(registry, repo, desc) == data
-    assert upload_log(proxy) == [("GET", None, 204), *chunks_log(2 * MiB, len(data))]
+    assert upload_log(proxy) == [("GET", None, 204), *chunks_log(GATE, len(data))]
     assert store.sessions == {}
 
 
