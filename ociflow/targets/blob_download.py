@@ -47,13 +47,13 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from ociflow.descriptor import Descriptor
-from ociflow.digest import Digest
-from ociflow.errors import DigestMismatchError, InvalidDigestError, NotFoundError, TransportError
+from ociflow.errors import DigestMismatchError, NotFoundError, TransportError
 from ociflow.http.client import RegistryClient
 from ociflow.http.errors import error_from_response
 from ociflow.http.message import Response
 from ociflow.http.options import HttpOptions
 from ociflow.target import CHUNK_SIZE, BlobStream
+from ociflow.targets.content_digest import check_served
 
 # Ranges that may be fetched or waiting beyond the ones in flight: one, so that a worker whose
 # range finished early can start the next while the head range drains. More slack measured no
@@ -211,7 +211,7 @@ class _Fetcher:
             if isinstance(error, NotFoundError):
                 raise NotFoundError(f"{self.context}: blob not found") from None
             raise error
-        self._check_digest_header(response)
+        check_served(response.headers.get("Docker-Content-Digest"), self.desc.digest, self.context)
         size = self.desc.size
         length = response.content_length
         if status == 200:
@@ -240,24 +240,6 @@ class _Fetcher:
                 f"{self.context}: a range of {end - pos} bytes came with Content-Length {length}"
             )
         return 0
-
-    def _check_digest_header(self, response: Response) -> None:
-        # A registry that says it serves another blob is believed (P19); a header in another
-        # algorithm than the one asked for says nothing either way.
-        header = response.headers.get("Docker-Content-Digest")
-        if header is None:
-            return
-        header = header.strip()
-        try:
-            said = Digest(header)
-        except InvalidDigestError:
-            said = None
-        expected = self.desc.digest
-        if said is None or (said.algorithm == expected.algorithm and said != expected):
-            raise DigestMismatchError(
-                f"{self.context}: the registry says it is sending {header[:140]!r}, "
-                f"not {expected}"
-            )
 
     async def _discard(self, response: Response, count: int) -> None:
         while count > 0:

@@ -65,7 +65,6 @@ from ociflow.descriptor import Descriptor
 from ociflow.digest import Digest
 from ociflow.errors import (
     DigestMismatchError,
-    InvalidDigestError,
     NotFoundError,
     OciflowError,
     RegistryError,
@@ -76,6 +75,7 @@ from ociflow.http.errors import error_from_response
 from ociflow.http.message import Body, Response
 from ociflow.http.options import HttpOptions
 from ociflow.target import BlobStream, Opener
+from ociflow.targets.content_digest import check_stored
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -623,17 +623,7 @@ class _Upload:
             if response.status != 201:
                 raise await self._failure(response, closing=True)
             header = response.headers.get("Docker-Content-Digest")
-        if header is not None:
-            # A registry that stored something else than what was pushed says so here (U6).
-            try:
-                matches = Digest(header.strip()) == self.desc.digest
-            except InvalidDigestError:
-                matches = False
-            if not matches:
-                raise DigestMismatchError(
-                    f"{self.context}: the registry stored {header.strip()[:140]!r}, "
-                    f"not {self.desc.digest}"
-                )
+        check_stored(header, self.desc.digest, self.context)
 
     async def _failure(self, response: Response, *, closing: bool) -> BaseException:
         """The error for a PATCH or closing PUT that was not accepted."""

@@ -19,7 +19,6 @@ from ociflow.descriptor import Descriptor
 from ociflow.digest import Digest, verify_bytes
 from ociflow.errors import (
     DigestMismatchError,
-    InvalidDigestError,
     InvalidManifestError,
     InvalidReferenceError,
     NotFoundError,
@@ -38,6 +37,7 @@ from ociflow.targets.blob_upload import (
     resolve_location,
     upload_blob,
 )
+from ociflow.targets.content_digest import check_served, check_stored
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class RegistryTarget:
             content_type = mediatypes.base(response.headers.get("Content-Type", ""))
             header_digest = response.headers.get("Docker-Content-Digest")
             if ref.digest is not None:
-                self._check_served_digest(response, ref.digest, context)
+                check_served(response.headers.get("Docker-Content-Digest"), ref.digest, context)
         declared = None if content_type in _GENERIC_TYPES else content_type
         try:
             manifest = parse_manifest(data, declared)
@@ -145,7 +145,7 @@ class RegistryTarget:
         async with response:
             await self._expect(response, 200, context, f"{context}: manifest not found")
             self._expect_length(response, desc.size, context)
-            self._check_served_digest(response, desc.digest, context)
+            check_served(response.headers.get("Docker-Content-Digest"), desc.digest, context)
             data = await response.read(desc.size)  # one byte more than expected is enough
         try:
             verify_bytes(data, desc.digest, desc.size, what="manifest")
@@ -285,7 +285,7 @@ class RegistryTarget:
         )
         async with response:
             await self._expect(response, 201, context, None)
-            self._check_digest_header(response, desc, context)
+            check_stored(response.headers.get("Docker-Content-Digest"), desc.digest, context)
 
     @staticmethod
     async def _expect(
@@ -320,37 +320,4 @@ class RegistryTarget:
         if announced is not None and announced != size:
             raise DigestMismatchError(
                 f"{context}: the registry announces {announced} bytes, the descriptor says {size}"
-            )
-
-    @staticmethod
-    def _check_digest_header(response: Response, desc: Descriptor, context: str) -> None:
-        # A registry that stored something else than what was pushed says so here (U6).
-        header = response.headers.get("Docker-Content-Digest")
-        if header is None:
-            return
-        try:
-            matches = Digest(header.strip()) == desc.digest
-        except InvalidDigestError:
-            matches = False
-        if not matches:
-            raise DigestMismatchError(
-                f"{context}: the registry stored {header.strip()[:140]!r}, not {desc.digest}"
-            )
-
-    @staticmethod
-    def _check_served_digest(response: Response, expected: Digest, context: str) -> None:
-        # Asked for by digest, a response that names another digest is believed (P19;
-        # distribution-spec: a client using the header MUST verify it). A header in another
-        # algorithm says nothing either way.
-        header = response.headers.get("Docker-Content-Digest")
-        if header is None:
-            return
-        try:
-            said: Digest | None = Digest(header.strip())
-        except InvalidDigestError:
-            said = None
-        if said is None or (said.algorithm == expected.algorithm and said != expected):
-            raise DigestMismatchError(
-                f"{context}: the registry says it is sending {header.strip()[:140]!r}, "
-                f"not {expected}"
             )
