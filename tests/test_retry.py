@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import ssl
 import sys
 import time
@@ -113,9 +114,18 @@ def assert_pulled(out: Path, blobs: list[Descriptor]) -> None:
 
 
 def assert_nothing_partial(out: Path) -> None:
-    """No temp file anywhere and no tag: a failed copy left nothing half-done (FAIL-CLEAN)."""
-    leftovers = [p for p in out.rglob("*") if p.name.endswith((".partial", ".tmp"))]
-    assert leftovers == []
+    """FAIL-CLEAN: no temp file, nothing unverified under ``blobs/``, no tag. A per-digest
+    partial file in ``.ociflow-ingest/`` is resume state, not a leftover: a sibling download
+    cancelled by the failure keeps the bytes it had for the next run."""
+    for path in out.rglob("*"):
+        if not path.is_file():
+            continue
+        assert not path.name.endswith(".tmp"), path
+        if path.name.endswith(".partial"):
+            assert path.parent.name == ".ociflow-ingest", path
+            assert re.fullmatch(r"sha256-[0-9a-f]{64}\.partial", path.name), path
+        elif path.parent.parent.name == "blobs":
+            assert Digest.of(path.read_bytes()).encoded == path.name, path
     index = out / "index.json"
     if index.exists():
         assert json.loads(index.read_text())["manifests"] == []
