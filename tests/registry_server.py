@@ -71,9 +71,13 @@ class RegistryServer:
 
 
 def start_registry(
-    workdir: Path | None = None, host: str = "127.0.0.1", quiet: bool = True
+    workdir: Path | None = None,
+    host: str = "127.0.0.1",
+    quiet: bool = True,
+    extra_config: str = "",
 ) -> RegistryServer:
-    """Start ``docker-registry serve`` with a generated config and wait until ``/v2/`` answers."""
+    """Start ``docker-registry serve`` with a generated config and wait until ``/v2/`` answers
+    (200, or 401 when ``extra_config`` adds an ``auth:`` section)."""
     binary = shutil.which(REGISTRY_BINARY)
     if binary is None:
         raise RuntimeError(
@@ -93,6 +97,7 @@ def start_registry(
             log_level="error" if quiet else "info",
             no_access_log="true" if quiet else "false",
         )
+        + extra_config
     )
     log_path = base / "registry.log"
     with log_path.open("wb") as log:
