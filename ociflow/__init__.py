@@ -21,6 +21,7 @@ _EXPORTS = {
     "AuthenticationError": "ociflow.errors",
     "CancelledTransferError": "ociflow.errors",
     "CopyResult": "ociflow.engine",
+    "Credentials": "ociflow.http.credentials",
     "Descriptor": "ociflow.descriptor",
     "Digest": "ociflow.digest",
     "DigestMismatchError": "ociflow.errors",
@@ -49,6 +50,7 @@ __all__ = [
     "AuthenticationError",
     "CancelledTransferError",
     "CopyResult",
+    "Credentials",
     "Descriptor",
     "Digest",
     "DigestMismatchError",
@@ -93,6 +95,7 @@ if TYPE_CHECKING:
         TransportError,
         VerificationError,
     )
+    from ociflow.http.credentials import Credentials
     from ociflow.http.transport import HttpOptions
     from ociflow.progress import Progress, TqdmProgress
     from ociflow.reference import LayoutReference, RegistryReference, parse_reference

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from ociflow import __version__
 
 if TYPE_CHECKING:
+    from ociflow.http.credentials import Credentials
     from ociflow.http.transport import HttpOptions
 
 EXIT_ERROR = 1
@@ -57,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="upload blobs larger than SIZE in chunks of SIZE, raised to what the "
                       "registry asks for (default: blobs of 256MiB and more, in chunks of "
                       "64MiB); a chunked upload can be resumed after a crash")
+    copy.add_argument("--src-creds", metavar="USER:PASSWORD", type=_credentials,
+                      help="credentials for the source registry")
+    copy.add_argument("--dest-creds", metavar="USER:PASSWORD", type=_credentials,
+                      help="credentials for the destination registry")
     copy.add_argument("--no-resume", dest="resume", action="store_false",
                       help="do not keep partial downloads and open upload sessions for a later "
                       "run to continue (by default an interrupted copy resumes when run again; "
@@ -71,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         "cannot be deleted are listed).",
     )
     bench.add_argument("repository", metavar="REGISTRY/REPO")
+    bench.add_argument("--creds", metavar="USER:PASSWORD", type=_credentials,
+                       help="credentials for the registry")
     bench.add_argument("--size", type=_byte_size, default="256MiB",
                        help="size of each blob, e.g. 64MiB, 1GiB (default 256MiB)")
     bench.add_argument("--blobs", type=_positive, default=1, help="number of blobs (default 1)")
@@ -98,6 +105,10 @@ def _common_options() -> argparse.ArgumentParser:
                         default=60.0,
                         help="give up on a connection that sends no data for S seconds; a slow "
                         "but moving transfer is never cut off (default 60)")
+    common.add_argument("--authfile", metavar="PATH",
+                        help="Docker config file with registry credentials (default: "
+                             "$DOCKER_CONFIG/config.json, ~/.docker/config.json, "
+                             "$REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json)")
     common.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     common.add_argument("--json", action="store_true",
                         help="print the result as one JSON object on stdout")
@@ -125,6 +136,16 @@ def _byte_size(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1 byte")
     return value
+
+
+def _credentials(text: str) -> Credentials:
+    from ociflow.http.credentials import Credentials
+
+    try:
+        return Credentials.parse(text)
+    except ValueError:
+        # Never echo the argument back: it holds a password.
+        raise argparse.ArgumentTypeError("expected USER:PASSWORD") from None
 
 
 def _non_negative(text: str) -> int:
@@ -197,6 +218,8 @@ def _http_options(args: argparse.Namespace) -> HttpOptions:
         insecure=args.insecure,
         retry=RetryPolicy.with_retries(args.retries, max_wait=args.retry_max_wait),
         stall_timeout=args.stall_timeout,
+        auth_file=args.authfile,
+        credentials=getattr(args, "creds", None),
     )
     transfer = {
         name: value
@@ -244,6 +267,8 @@ def _copy(args: argparse.Namespace) -> int:
         progress=progress,
         options=_http_options(args),
         resume=args.resume,
+        src_credentials=args.src_creds,
+        dst_credentials=args.dest_creds,
     )
     if args.json:
         print(json.dumps(result.to_json()))

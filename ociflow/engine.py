@@ -20,6 +20,7 @@ destination records its open upload sessions in the on-disk journal
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from ociflow.errors import (
     InvalidReferenceError,
     OciflowError,
 )
+from ociflow.http.credentials import Credentials
 from ociflow.http.transport import HttpOptions, Session
 from ociflow.manifest import MAX_INDEX_DEPTH, Manifest, parse_manifest, select_platform
 from ociflow.progress import Outcome, Progress
@@ -104,6 +106,8 @@ async def copy(
     progress: Progress | None = None,
     options: HttpOptions | None = None,
     resume: bool = True,
+    src_credentials: Credentials | None = None,
+    dst_credentials: Credentials | None = None,
 ) -> CopyResult:
     """Copy the image or index that ``src`` names to ``dst``, verifying every byte.
 
@@ -112,15 +116,21 @@ async def copy(
     manifest of a multi-platform index. With ``resume``, an interrupted copy (cancelled, killed,
     failed on the network) leaves partial downloads and open upload sessions for the next run
     of the same copy to continue (see :mod:`ociflow.journal`); target objects passed in keep
-    their own settings. Raises :class:`~ociflow.errors.OciflowError` subclasses;
+    their own settings. ``src_credentials``/``dst_credentials`` are used when a registry asks
+    for credentials; without them, they come from the Docker config (``options.auth_file`` or
+    the default places), else the registry is used anonymously.
+
+    Raises :class:`~ociflow.errors.OciflowError` subclasses;
     :class:`~ociflow.errors.CancelledTransferError` when cancelled.
     """
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
     wanted = Platform.parse(platform) if isinstance(platform, str) else platform
     progress = progress or Progress()
+    src_options = _with_credentials(options, src_credentials)
+    dst_options = _with_credentials(options, dst_credentials)
     async with Session(options, jobs=jobs) as session:
-        source = src if isinstance(src, Source) else open_source(src, session, options)
+        source = src if isinstance(src, Source) else open_source(src, session, src_options)
         if isinstance(dst, Destination):
             destination = dst
         else:
@@ -130,7 +140,7 @@ async def copy(
 
                 sessions = UploadJournal().for_source(source_id(source.reference))
             destination = open_destination(
-                dst, session, options, resume=resume, sessions=sessions
+                dst, session, dst_options, resume=resume, sessions=sessions
             )
         try:
             return await _Copier(source, destination, jobs, progress).run(wanted)
@@ -156,6 +166,8 @@ def copy_sync(
     progress: Progress | None = None,
     options: HttpOptions | None = None,
     resume: bool = True,
+    src_credentials: Credentials | None = None,
+    dst_credentials: Credentials | None = None,
 ) -> CopyResult:
     """:func:`copy` for synchronous callers (runs its own event loop)."""
     return asyncio.run(
@@ -167,8 +179,18 @@ def copy_sync(
             progress=progress,
             options=options,
             resume=resume,
+            src_credentials=src_credentials,
+            dst_credentials=dst_credentials,
         )
     )
+
+
+def _with_credentials(
+    options: HttpOptions | None, credentials: Credentials | None
+) -> HttpOptions | None:
+    if credentials is None:
+        return options
+    return dataclasses.replace(options or HttpOptions(), credentials=credentials)
 
 
 class _Copier:

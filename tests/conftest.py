@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.auth_servers import TokenServer, token_registry
 from tests.registry_server import RegistryServer, start_registry
 
 SAMPLE_LAYOUT = Path(__file__).resolve().parent.parent / "bench_data" / "sample"
@@ -32,8 +33,13 @@ def require_binary(name: str) -> str:
 def isolated_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Crash-resume journals of the tests go to a temp dir, never to the user's state dir."""
     state = tmp_path_factory.mktemp("ociflow-state")
+    # Nor do they read the user's registry credentials: an empty Docker config comes first.
+    docker_config = tmp_path_factory.mktemp("docker-config")
+    (docker_config / "config.json").write_text("{}")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OCIFLOW_STATE_DIR", str(state))
+        patch.setenv("DOCKER_CONFIG", str(docker_config))
+        patch.delenv("REGISTRY_AUTH_FILE", raising=False)
         yield state
 
 
@@ -53,6 +59,17 @@ def registry2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServ
     server = start_registry(tmp_path_factory.mktemp("registry2"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def token_servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RegistryServer, TokenServer]]:
+    """A registry with token auth and its token server (:mod:`tests.auth_servers`), shared by
+    the session: each test sets its policy with :meth:`TokenServer.reset`."""
+    require_binary("docker-registry")
+    with token_registry(tmp_path_factory.mktemp("token-registry")) as pair:
+        yield pair
 
 
 @pytest.fixture()

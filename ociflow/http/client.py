@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from multidict import CIMultiDict
 from yarl import URL
 
+from ociflow.http.auth import Authenticator, AuthLayer, CredentialSource
+from ociflow.http.credentials import Credentials
 from ociflow.http.errors import NotTLSError
 from ociflow.http.headers import HeadersLayer
 from ociflow.http.message import Body, Handler, Request, Response
@@ -27,32 +29,41 @@ Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 def build_stack(
-    transport: Handler, options: HttpOptions, backoff: HostBackoff | None = None
+    transport: Handler,
+    options: HttpOptions,
+    backoff: HostBackoff | None = None,
+    auth: Authenticator | None = None,
 ) -> tuple[Handler, Handler]:
-    """The layers over ``transport``: returns (full stack, stack without redirects).
+    """The layers over ``transport``: returns (full stack, stack without redirects or auth).
 
     Order, top down: retries (a retry re-runs the whole redirect chain, so an expired
     pre-signed URL is resolved afresh), redirects (each hop goes through every layer below, so
-    per-origin layers such as auth see the real target of every hop), then headers, then the
-    transport. An auth layer (reactive 401 → token) is one more wrapper under the redirects.
-    Both stacks share ``backoff``, the host's rate-limit state (a new one when not given).
+    the auth layer sees the real target of every hop and sends credentials to the registry's
+    origin only), auth (``auth``'s token requests take the same stack without it), headers,
+    the transport. Both stacks share
+    ``backoff``, the host's rate-limit state (a new one when not given).
     """
     if backoff is None:
         backoff = HostBackoff(options.retry.jitter)
     base: Handler = HeadersLayer(transport, options.user_agent)
-    return (
-        RetryLayer(RedirectLayer(base), options.retry, backoff),
-        RetryLayer(base, options.retry, backoff),
-    )
+    plain = RetryLayer(RedirectLayer(base), options.retry, backoff)
+    full: Handler = plain
+    if auth is not None:
+        auth.token_handler = plain
+        full = RetryLayer(RedirectLayer(AuthLayer(base, auth)), options.retry, backoff)
+    return full, RetryLayer(base, options.retry, backoff)
 
 
 class RegistryClient:
     """Sends requests to one registry (``host`` is its API host, ``host[:port]``).
 
     ``backoff`` is the host's shared rate-limit state (the :class:`Session` gives every client
-    of one host the same; a new one when not given). Code that retries at its own level (a
-    resumed body, an upload chunk) should ``await client.backoff.wait()`` before sending and
-    call ``client.backoff.defer(seconds)`` after a 429, as the retry layer does.
+    of one host the same; a new one when not given). ``credentials`` is asked for this
+    registry's credentials the first time it asks for them (None: anonymous only).
+
+    Code that retries at its own level (a resumed body, an upload chunk) should
+    ``await client.backoff.wait()`` before sending and call ``client.backoff.defer(seconds)``
+    after a 429, as the retry layer does.
     """
 
     def __init__(
@@ -61,13 +72,17 @@ class RegistryClient:
         options: HttpOptions,
         transport: Handler,
         backoff: HostBackoff | None = None,
+        credentials: CredentialSource | None = None,
     ) -> None:
         self.host = ref.api_host
         self.options = options
         self._loopback = ref.is_loopback
         self.backoff = backoff if backoff is not None else HostBackoff(options.retry.jitter)
-        self.handler, self._probe_handler = build_stack(transport, options, self.backoff)
         self._base: URL | None = None
+        self.auth = Authenticator(lambda: self._base, credentials or _anonymous)
+        self.handler, self._probe_handler = build_stack(
+            transport, options, self.backoff, self.auth
+        )
         self._lock = asyncio.Lock()
 
     @property
@@ -124,3 +139,7 @@ class RegistryClient:
             url = url.update_query(query)
         request = Request(method, url, context, CIMultiDict(headers or ()), body)
         return await self.handler.send(request)
+
+
+async def _anonymous() -> Credentials | None:
+    return None

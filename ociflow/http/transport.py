@@ -9,19 +9,26 @@ boundary. :class:`Session` owns the single ``aiohttp.ClientSession`` and hands o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import aiohttp
 
+from ociflow.http.auth import CredentialSource
 from ociflow.http.client import RegistryClient
+from ociflow.http.credentials import Credentials
 from ociflow.http.errors import transport_error
 from ociflow.http.message import Request, Response
 from ociflow.http.options import HttpOptions
 from ociflow.http.redact import redact_url
 from ociflow.http.retrylayer import HostBackoff
 from ociflow.reference import RegistryReference
+
+if TYPE_CHECKING:
+    from ociflow.http.dockerconfig import Keychain
 
 __all__ = ["AiohttpTransport", "HttpOptions", "Session"]
 
@@ -88,6 +95,7 @@ class Session:
         # Rate-limit state per API host, shared by every client of that host whatever its
         # options: a 429 slows down everything sent to the host (reliability.md P11, C6).
         self._backoffs: dict[str, HostBackoff] = {}
+        self._keychains: dict[str | None, Keychain] = {}
         self._closed = False
 
     def _aiohttp_session(self) -> aiohttp.ClientSession:
@@ -136,9 +144,25 @@ class Session:
             backoff = self._backoffs.get(ref.api_host)
             if backoff is None:
                 backoff = self._backoffs[ref.api_host] = HostBackoff(opts.retry.jitter)
-            client = RegistryClient(ref, opts, transport, backoff)
+            client = RegistryClient(ref, opts, transport, backoff, self._credentials(ref, opts))
             self._clients[key] = client
         return client
+
+    def _credentials(self, ref: RegistryReference, options: HttpOptions) -> CredentialSource:
+        """Where ``ref``'s client gets its credentials: ``options.credentials`` when given,
+        else the Docker config (read once per session and file; helpers run in a thread)."""
+
+        async def lookup() -> Credentials | None:
+            if options.credentials is not None:
+                return options.credentials
+            keychain = self._keychains.get(options.auth_file)
+            if keychain is None:
+                from ociflow.http.dockerconfig import Keychain
+
+                keychain = self._keychains[options.auth_file] = Keychain(options.auth_file)
+            return await asyncio.to_thread(keychain.lookup, ref.registry)
+
+        return lookup
 
     async def close(self) -> None:
         """Close every connection. The session cannot be used afterwards."""
