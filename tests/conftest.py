@@ -5,6 +5,8 @@ In CI (``CI`` set) a missing binary is a failure, never a skip.
 
 from __future__ import annotations
 
+import base64
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,6 +18,10 @@ from tests.auth_servers import TokenServer, token_registry
 from tests.registry_server import RegistryServer, start_registry
 
 SAMPLE_LAYOUT = Path(__file__).resolve().parent.parent / "bench_data" / "sample"
+
+PASSWORDS = {"alice": "wonder-land-7", "bob": "builder-42"}
+"""The registry users of the auth tests. Their passwords, and any bearer token (every JWT
+starts with ``eyJ``), must never reach ociflow's log in any test (reliability.md S1)."""
 
 
 def require_binary(name: str) -> str:
@@ -41,6 +47,21 @@ def isolated_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
         patch.setenv("DOCKER_CONFIG", str(docker_config))
         patch.delenv("REGISTRY_AUTH_FILE", raising=False)
         yield state
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_the_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every test runs with ociflow's DEBUG log captured, and fails if a secret shows in it."""
+    caplog.set_level(logging.DEBUG, logger="ociflow")
+    yield
+    # (caplog.text would hold only the teardown phase's records by now)
+    text = "\n".join(
+        record.getMessage() for when in ("setup", "call") for record in caplog.get_records(when)
+    )
+    for user, password in PASSWORDS.items():
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        assert password not in text and basic not in text, f"{user}'s password is in the log"
+    assert "eyJ" not in text, "a bearer token is in the log"
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -39,13 +38,13 @@ from tests.auth_servers import (
     TokenServer,
     start_htpasswd_registry,
 )
-from tests.conftest import require_binary
+from tests.conftest import PASSWORDS, require_binary
 from tests.fault_proxy import Fault, FaultProxy
 from tests.registry_server import RegistryServer
 
-ALICE = Credentials("alice", "wonder-land-7")
-BOB = Credentials("bob", "builder-42")
-USERS = {ALICE.username: ALICE.password, BOB.username: BOB.password}
+ALICE = Credentials("alice", PASSWORDS["alice"])
+BOB = Credentials("bob", PASSWORDS["bob"])
+USERS = dict(PASSWORDS)
 FAST = RetryPolicy(attempts=3, base_delay=0.05)
 
 
@@ -99,7 +98,6 @@ async def test_push_and_pull_with_a_password_through_the_token_flow(
 ) -> None:
     """A1: tokens are fetched with the user's credentials and reused across blobs; S1: neither
     the password nor a token shows in the debug log."""
-    caplog.set_level(logging.DEBUG, logger="ociflow")
     dst = f"docker://{token_reg.address}/{repo}:1.0"
     pushed = await ociflow.copy(f"oci:{sample_layout}:1.0", dst, options=options(),
                                 dst_credentials=ALICE)
@@ -276,7 +274,6 @@ async def test_basic_auth_against_an_htpasswd_registry(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A12: Basic credentials over plain HTTP to a loopback registry."""
-    caplog.set_level(logging.DEBUG, logger="ociflow")
     dst = f"docker://{basic_reg.address}/{repo}:1.0"
     with pytest.raises(AuthenticationError, match="401"):
         await ociflow.copy(f"oci:{sample_layout}:1.0", dst, options=options())
@@ -473,3 +470,19 @@ def test_credentials_never_show_their_secret() -> None:
     assert Credentials.parse("u:p:q") == Credentials("u", "p:q")
     with pytest.raises(ValueError):
         Credentials.parse("no-colon")
+
+
+def test_bench_with_credentials_cleans_up(
+    token_reg: RegistryServer, tokens: TokenServer, repo: str
+) -> None:
+    """``ociflow bench --creds``: pushes, pulls and deletes (the delete scope) with a token."""
+    env = dict(os.environ)
+    refused = run_cli("bench", "-q", "--size", "1MiB", f"{token_reg.address}/{repo}", env=env)
+    assert refused.returncode == 1 and "401" in refused.stderr
+    done = run_cli("bench", "--json", "--size", "1MiB", "--creds", f"alice:{ALICE.password}",
+                   f"{token_reg.address}/{repo}", env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["deleted"] == 2 and report["leftBehind"] == {}
+    assert any(s.endswith(":delete") for e in tokens.journal() for s in e.scopes)
+    assert ALICE.password not in done.stdout + done.stderr
