@@ -48,6 +48,7 @@ from benchmarks.report import (
     write_json,
     write_png,
 )
+from benchmarks.startup import describe, measure_startup
 from benchmarks.tools import (
     IMAGES,
     REPO_ROOT,
@@ -419,10 +420,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, i in images.items()
     }
     machine = machine_info()
+    startup = measure_startup(runs=1 if settings.smoke else 7)
     doc = document(
         config=config, machine=machine, versions=versions, images=image_info,
         rows=rows, ratios=ratios, started=started,
     )  # fmt: skip
+    doc["startup_seconds"] = {name: round(seconds, 4) for name, seconds in startup.items()}
     write_json(settings.json, doc)
     print(
         f"ociflow benchmark, {started:%Y-%m-%d %H:%M} UTC, {machine['cpu']}, {machine['cores']} "
@@ -431,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(", ".join(f"{k} {v}" for k, v in versions.items() if v))
     print(table(rows, ratios))
+    print(describe(startup))
     print(f"\nJSON: {settings.json}")
     if settings.png is not None:
         if matplotlib_available():

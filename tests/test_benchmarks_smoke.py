@@ -75,6 +75,9 @@ def test_smoke_run_measures_every_tool_scenario_and_image(tmp_path: Path, skopeo
     assert doc["config"]["smoke"] is True
     assert doc["versions"]["skopeo"] and doc["versions"]["docker-registry"]
     assert doc["machine"]["cores"] >= 1
+    startup = doc["startup_seconds"]
+    assert 0 < startup["python"] <= startup["python + asyncio + aiohttp"]
+    assert startup["ociflow --version"] > 0 and startup["skopeo --version"] > 0
     lines = done.stdout.splitlines()
     assert any(line.split()[:4] == ["tool", "scenario", "image", "MB/s"] for line in lines if line)
     for tool, scenario, image in expected:  # n/a rows are printed too
