@@ -185,9 +185,12 @@ def test_docker_hub_keys(env: Env, key: str, host: str) -> None:
         ("localhost:5000", "localhost:5000"),
         ("https://[::1]:5000/v2/", "[::1]:5000"),
         ("GHCR.IO", "ghcr.io"),
+        ("ghcr.io/v2", "ghcr.io"),
+        ("https://ghcr.io/v1", "ghcr.io"),
+        ("ghcr.io/", "ghcr.io"),
     ],
 )
-def test_keys_are_compared_without_scheme_and_path(env: Env, key: str, host: str) -> None:
+def test_keys_are_compared_without_scheme_and_legacy_path(env: Env, key: str, host: str) -> None:
     env.config({"auths": {key: {"auth": b64("u:p")}}})
     assert env.keychain().lookup(host) == Credentials(username="u", password="p")
 
@@ -198,6 +201,54 @@ def test_ports_and_hosts_are_distinct(env: Env) -> None:
     assert keychain.lookup("localhost") is None
     assert keychain.lookup("localhost:5001") is None
     assert keychain.lookup("docker.io") is None
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ["quay.io/team-a", "quay.io/team-b"],
+        ["https://quay.io/team-a/", "quay.io/team-a/app"],
+        ["quay.io/v1/team-a"],
+        ["quay.io/v3/"],
+    ],
+)
+def test_namespace_keys_do_not_match_the_whole_host(env: Env, keys: list[str]) -> None:
+    """``quay.io/team-a`` is one namespace's identity, not the host's: such keys are ignored."""
+    env.config({"auths": {key: {"auth": b64(f"user{i}:pw{i}")} for i, key in enumerate(keys)}})
+    assert env.keychain().lookup("quay.io") is None
+
+
+def test_namespace_keys_of_docker_hub_are_ignored(env: Env) -> None:
+    env.config(
+        {
+            "auths": {
+                "docker.io/someorg": {"auth": b64("org:pw")},
+                "https://index.docker.io/v1/access-token": {"auth": b64("tok:pw")},
+            }
+        }
+    )
+    assert env.keychain().lookup("docker.io") is None
+
+
+def test_namespace_key_does_not_shadow_the_host_entry(env: Env) -> None:
+    env.config(
+        {
+            "auths": {
+                "quay.io/team-a": {"auth": b64("team-a:pw")},
+                "https://quay.io/v1/": {"auth": b64("host:pw")},
+            }
+        }
+    )
+    assert env.keychain().lookup("quay.io") == Credentials(username="host", password="pw")
+
+
+def test_namespace_key_in_cred_helpers_is_ignored(env: Env) -> None:
+    env.store_helper("team", {"quay.io": ("team-a", "pw")})
+    env.config(
+        {"credHelpers": {"quay.io/team-a": "team"}, "auths": {"quay.io": {"auth": b64("u:p")}}}
+    )
+    assert env.keychain().lookup("quay.io") == Credentials(username="u", password="p")
+    assert env.calls("team") == []
 
 
 def test_canonical_key_wins_over_legacy_spelling(env: Env) -> None:
@@ -215,12 +266,12 @@ def test_canonical_key_wins_over_legacy_spelling(env: Env) -> None:
 # --- which file ------------------------------------------------------------------------------
 
 
-def test_search_order(env: Env) -> None:
-    """$DOCKER_CONFIG/config.json, $HOME/.docker/config.json, $REGISTRY_AUTH_FILE,
-    $XDG_RUNTIME_DIR/containers/auth.json: the first that exists wins."""
+def test_search_order_with_docker_config(env: Env) -> None:
+    """$DOCKER_CONFIG/config.json, $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json:
+    the first that exists wins; as in Docker, $HOME is not consulted once DOCKER_CONFIG is set."""
+    env.config({"auths": {"ghcr.io": {"auth": b64("home:pw")}}})
     files = {
         "docker_config": env.root / "dc" / "config.json",
-        "home": env.home / ".docker" / "config.json",
         "registry_auth_file": env.root / "podman" / "my-auth.json",
         "xdg": env.root / "run" / "containers" / "auth.json",
     }
@@ -235,6 +286,34 @@ def test_search_order(env: Env) -> None:
         assert credentials is not None
         assert credentials.username == user
         path.unlink()
+    assert env.keychain().lookup("ghcr.io") is None
+
+
+def test_search_order_without_docker_config(env: Env) -> None:
+    """$HOME/.docker/config.json, $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json."""
+    files = {
+        "home": env.home / ".docker" / "config.json",
+        "registry_auth_file": env.root / "podman" / "my-auth.json",
+        "xdg": env.root / "run" / "containers" / "auth.json",
+    }
+    for user, path in files.items():
+        write_json(path, {"auths": {"ghcr.io": {"auth": b64(f"{user}:pw")}}})
+    env.vars["DOCKER_CONFIG"] = ""  # empty means unset, as in Docker
+    env.vars["REGISTRY_AUTH_FILE"] = str(files["registry_auth_file"])
+    env.vars["XDG_RUNTIME_DIR"] = str(env.root / "run")
+
+    for user, path in files.items():
+        credentials = env.keychain().lookup("ghcr.io")
+        assert credentials is not None
+        assert credentials.username == user
+        path.unlink()
+    assert env.keychain().lookup("ghcr.io") is None
+
+
+def test_docker_config_without_a_file_does_not_fall_back_to_home(env: Env) -> None:
+    env.config({"auths": {"ghcr.io": {"auth": b64("home:pw")}}})
+    (env.root / "dc").mkdir()
+    env.vars["DOCKER_CONFIG"] = str(env.root / "dc")
     assert env.keychain().lookup("ghcr.io") is None
 
 
@@ -290,6 +369,17 @@ def test_malformed_structure_names_the_file(env: Env, config: Any) -> None:
     with pytest.raises(AuthenticationError) as info:
         env.keychain().lookup("ghcr.io")
     assert str(path) in str(info.value)
+
+
+def test_deeply_nested_json_names_the_file(env: Env) -> None:
+    depth = 100_000
+    path = env.home / ".docker" / "config.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"auths": ' + "[" * depth + "]" * depth + "}")
+    with pytest.raises(AuthenticationError, match="not valid JSON") as info:
+        env.keychain().lookup("ghcr.io")
+    assert str(path) in str(info.value)
+    assert info.value.__cause__ is None
 
 
 @pytest.mark.parametrize(
@@ -427,6 +517,60 @@ def test_bad_helper_name_is_rejected_before_exec(env: Env, name: str) -> None:
     assert not marker.exists()
 
 
+def plant_helpers(env: Env, monkeypatch: pytest.MonkeyPatch, name: str) -> Path:
+    """A cloned repository as the working directory, with helper ``name`` at its top and in its
+    ``bin``; either one leaves the returned marker if it runs."""
+    repo = env.root / "repo"
+    marker = env.root / "ran-from-cwd"
+    for directory in (repo, repo / "bin"):
+        directory.mkdir(exist_ok=True)
+        path = directory / f"docker-credential-{name}"
+        path.write_text(f"#!/bin/sh\ntouch '{marker}'\necho '{{\"Username\": \"cwd\"}}'\n")
+        path.chmod(0o755)
+    monkeypatch.chdir(repo)
+    return marker
+
+
+@pytest.mark.parametrize(
+    "path",
+    [f"{SYSTEM_PATH}:", f":{SYSTEM_PATH}", f"/nonexistent::{SYSTEM_PATH}", ".", "bin", "./bin"],
+)
+def test_helper_is_not_run_from_the_working_directory(
+    env: Env, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Empty and relative PATH entries are skipped, as Go (1.19+) and so Docker do."""
+    marker = plant_helpers(env, monkeypatch, "desktop")
+    env.vars["PATH"] = path
+    env.config({"credsStore": "desktop"})
+    with pytest.raises(AuthenticationError, match="docker-credential-desktop is not on PATH"):
+        env.keychain().lookup("ghcr.io")
+    assert not marker.exists()
+
+
+def test_absolute_path_entry_after_a_relative_one_is_used(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = plant_helpers(env, monkeypatch, "desktop")
+    env.store_helper("desktop", {"ghcr.io": ("from-bin", "pw")})
+    env.vars["PATH"] = f".:bin::{env.bin}"
+    env.config({"credsStore": "desktop"})
+    assert env.keychain().lookup("ghcr.io") == Credentials(username="from-bin", password="pw")
+    assert not marker.exists()
+
+
+def test_relative_program_path_is_refused(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the platform's search itself looks in the working directory (Windows does), the
+    relative answer is refused rather than run."""
+    marker = plant_helpers(env, monkeypatch, "desktop")
+    monkeypatch.setattr(
+        "ociflow.http.dockerconfig.shutil.which", lambda cmd, mode=0, path=None: f"./{cmd}"
+    )
+    env.config({"credsStore": "desktop"})
+    with pytest.raises(AuthenticationError, match="relative"):
+        env.keychain().lookup("ghcr.io")
+    assert not marker.exists()
+
+
 def test_failing_helper_error_hides_its_output(env: Env) -> None:
     env.python_helper(
         "fails",
@@ -456,6 +600,15 @@ def test_malformed_helper_answer_is_an_error(env: Env, stdout: str) -> None:
     with pytest.raises(AuthenticationError, match="docker-credential-garbled") as info:
         env.keychain().lookup("ghcr.io")
     assert "secret-789" not in str(info.value)
+
+
+def test_deeply_nested_helper_answer_is_an_error(env: Env) -> None:
+    depth = 100_000  # 200 kB: under the output cap
+    env.python_helper("nested", f"sys.stdout.write('[' * {depth} + ']' * {depth})\n")
+    env.config({"credsStore": "nested"})
+    with pytest.raises(AuthenticationError, match=r"docker-credential-nested.*malformed") as info:
+        env.keychain().lookup("ghcr.io")
+    assert info.value.__cause__ is None
 
 
 def running(pid: int) -> bool:

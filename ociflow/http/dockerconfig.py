@@ -2,10 +2,11 @@
 
 One config file is read; without an explicit ``auth_file`` the first that exists of:
 
-1. ``$DOCKER_CONFIG/config.json``
-2. ``$HOME/.docker/config.json``
-3. ``$REGISTRY_AUTH_FILE``
-4. ``$XDG_RUNTIME_DIR/containers/auth.json``
+1. ``$DOCKER_CONFIG/config.json`` when ``DOCKER_CONFIG`` is set (and not empty), else
+   ``$HOME/.docker/config.json``: as in Docker, a set ``DOCKER_CONFIG`` replaces the home
+   directory's file, even when there is no file in it;
+2. ``$REGISTRY_AUTH_FILE``;
+3. ``$XDG_RUNTIME_DIR/containers/auth.json``.
 
 No file at all means anonymous access everywhere. For one registry host the sources are tried in
 this order:
@@ -14,12 +15,22 @@ this order:
    get`` on ``PATH``); an empty name means no helper, as in Docker;
 2. when the helper has no credentials for the host (or there is no helper), the ``auths`` entry.
 
-Keys of ``auths`` and ``credHelpers`` are compared without scheme and path;
-``https://index.docker.io/v1/``, ``index.docker.io``, ``registry-1.docker.io`` and ``docker.io``
-all mean Docker Hub (reliability.md A10). A configured helper that is missing, fails, hangs or
-floods its output is an :class:`~ociflow.errors.AuthenticationError`, never a silent fall back
-to anonymous (A7, A9); helper names are checked before anything runs (A8). Error messages name
-the file, helper and host, never a secret nor a helper's output (S1).
+Helpers are searched for in the absolute directories of ``PATH`` only: empty and relative
+entries (``/usr/bin:``, ``::``, ``.``) would find a program in the working directory, such as a
+cloned repository, and are skipped, as Go (1.19+) and so Docker refuse them.
+
+Keys of ``auths`` and ``credHelpers`` are compared without scheme, and without a legacy Docker
+path (``/v1/``, ``/v2/``, ``/``); ``https://index.docker.io/v1/``, ``index.docker.io``,
+``registry-1.docker.io`` and ``docker.io`` all mean Docker Hub (reliability.md A10). A key with
+any other path is a namespace (``quay.io/team-a``, as podman writes) and holds the identity of
+that part of the registry only, so it is ignored rather than used for the whole host; lookups
+are per host, and per-repository matching is not implemented.
+
+A configured helper that is missing, fails, hangs or floods its output is an
+:class:`~ociflow.errors.AuthenticationError`, never a silent fall back to anonymous (A7, A9);
+helper names are checked before anything runs (A8). Error messages name the file, helper and
+host, never a secret nor a helper's output (S1); a file or helper answer that is not JSON
+(including one nested too deeply to parse) is such an error too.
 """
 
 from __future__ import annotations
@@ -138,9 +149,10 @@ class Keychain:
             return self._auth_file
         env = self._env
         candidates: list[Path] = []
+        # Docker reads $DOCKER_CONFIG instead of ~/.docker, not before it: no fall back to HOME.
         if env.get("DOCKER_CONFIG"):
             candidates.append(Path(env["DOCKER_CONFIG"]) / "config.json")
-        if env.get("HOME"):
+        elif env.get("HOME"):
             candidates.append(Path(env["HOME"]) / ".docker" / "config.json")
         if env.get("REGISTRY_AUTH_FILE"):
             candidates.append(Path(env["REGISTRY_AUTH_FILE"]))
@@ -157,9 +169,12 @@ class Keychain:
                 "it must be letters, digits, '.', '_' or '-'"
             )
         label = f"credential helper {program}{where} for {host}"
-        path = shutil.which(program, path=self._env.get("PATH", os.defpath))
+        path = _find_program(program, self._env.get("PATH", os.defpath))
         if path is None:
             raise AuthenticationError(f"{label}: {program} is not on PATH")
+        if not os.path.isabs(path):
+            # Windows' search tries the working directory first; never run what it finds there.
+            raise AuthenticationError(f"{label}: {program} resolves to a relative path, refused")
         server_url = DOCKER_HUB_SERVER_URL if host == DOCKER_HUB else host
         try:
             status, stdout = _exec_helper(path, server_url, self._env, self._helper_timeout)
@@ -201,7 +216,8 @@ def _read_config(path: Path) -> _Config:
         data = json.loads(path.read_bytes())
     except OSError as exc:
         raise AuthenticationError(f"auth file {path} cannot be read: {exc.strerror}") from None
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError; both may quote the text
+    # JSONDecodeError and UnicodeDecodeError may quote the text; RecursionError is deep nesting.
+    except (ValueError, RecursionError):
         raise AuthenticationError(f"auth file {path} is not valid JSON") from None
     if not isinstance(data, dict):
         raise AuthenticationError(f"auth file {path} is not a JSON object")
@@ -223,22 +239,35 @@ def _field(obj: Mapping[str, Any], name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _normalize_host(key: str) -> str:
-    """A config key or host without scheme and path, lower-cased, Docker Hub as ``docker.io``."""
+def _split_key(key: str) -> tuple[str, str]:
+    """A config key or host as (host, path): no scheme, lower-cased, Docker Hub as
+    ``docker.io``; the path is empty or starts with ``/``."""
     text = key.strip().lower()
     for scheme in ("https://", "http://"):
         if text.startswith(scheme):
             text = text[len(scheme) :]
             break
-    text = text.split("/", 1)[0]
-    return DOCKER_HUB if text in _HUB_ALIASES else text
+    host, slash, path = text.partition("/")
+    return (DOCKER_HUB if host in _HUB_ALIASES else host), slash + path
+
+
+def _normalize_host(key: str) -> str:
+    """A config key or host without scheme and path, lower-cased, Docker Hub as ``docker.io``."""
+    return _split_key(key)[0]
+
+
+def _key_host(key: str) -> str | None:
+    """The host a config key stands for, or None for a namespace key (``quay.io/team-a``):
+    only no path, ``/`` and the legacy ``/v1/`` and ``/v2/`` mean the whole host."""
+    host, path = _split_key(key)
+    return host if path.rstrip("/") in ("", "/v1", "/v2") else None
 
 
 def _matching(mapping: Mapping[str, Any], host: str) -> list[tuple[str, Any]]:
     """The items of ``mapping`` whose key means ``host``: the canonical key first (Docker's own
     spelling wins over legacy ``https://host/v1/`` forms), then in file order."""
     canonical = DOCKER_HUB_SERVER_URL if host == DOCKER_HUB else host
-    items = [(key, value) for key, value in mapping.items() if _normalize_host(key) == host]
+    items = [(key, value) for key, value in mapping.items() if _key_host(key) == host]
     items.sort(key=lambda item: item[0] != canonical)  # stable: file order otherwise
     return items
 
@@ -290,11 +319,20 @@ def _valid_helper_name(name: str) -> bool:
     return bool(_HELPER_NAME.fullmatch(name)) and ".." not in name
 
 
+def _find_program(program: str, search_path: str) -> str | None:
+    """``program`` in the absolute directories of ``search_path``; empty and relative entries
+    would mean the working directory and are skipped."""
+    directories = [entry for entry in search_path.split(os.pathsep) if os.path.isabs(entry)]
+    if not directories:  # shutil.which would fall back to os.environ for path=None, not for ""
+        return None
+    return shutil.which(program, path=os.pathsep.join(directories))
+
+
 def _helper_credentials(stdout: bytes, label: str) -> Credentials | None:
     """The ``get`` answer ``{"ServerURL", "Username", "Secret"}`` as credentials."""
     try:
         answer = json.loads(stdout)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested output
         answer = None
     username = answer.get("Username", "") if isinstance(answer, dict) else None
     secret = answer.get("Secret", "") if isinstance(answer, dict) else None
