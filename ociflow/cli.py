@@ -107,8 +107,8 @@ def _common_options() -> argparse.ArgumentParser:
                         help="give up on a connection that sends no data for S seconds; a slow "
                         "but moving transfer is never cut off (default 60)")
     common.add_argument("--authfile", metavar="PATH",
-                        help="Docker config file with registry credentials (default: "
-                             "$DOCKER_CONFIG/config.json, ~/.docker/config.json, "
+                        help="Docker config file with registry credentials (default: the "
+                             "first of $DOCKER_CONFIG/config.json (else ~/.docker/config.json), "
                              "$REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json)")
     common.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     common.add_argument("--json", action="store_true",

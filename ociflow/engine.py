@@ -125,6 +125,10 @@ async def copy(
     """
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
+    if options is not None and options.credentials is not None:
+        # One HttpOptions serves both sides: its credentials would go to both registries.
+        raise ValueError("copy() takes src_credentials and dst_credentials, "
+                         "not options.credentials")
     wanted = Platform.parse(platform) if isinstance(platform, str) else platform
     progress = progress or Progress()
     src_options = _with_credentials(options, src_credentials)

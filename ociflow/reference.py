@@ -113,6 +113,13 @@ def parse_reference(text: str) -> Reference:
 def parse_docker_reference(text: str) -> RegistryReference:
     """Parse ``[host[:port]/]repo[:tag][@digest]`` with docker.io normalisation."""
     original = text
+    head = text.split("/", 1)[0]
+    if "@" in head and "/" in text:
+        # ``user:password@host/...``: never echoed, a password may be in it (S2).
+        raise InvalidReferenceError(
+            f"reference with user information before host {head.rpartition('@')[2][:80]!r}: "
+            "not supported; pass credentials with --src-creds/--dest-creds or a Docker config"
+        )
     name, at, digest_text = text.partition("@")
     digest = _digest(digest_text, original) if at else None
     last_slash = name.rfind("/")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -16,13 +17,16 @@ from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 from yarl import URL
 
 import ociflow
 from ociflow import mediatypes
 from ociflow.descriptor import Descriptor
 from ociflow.digest import Digest
-from ociflow.errors import AuthenticationError
+from ociflow.errors import AuthenticationError, RegistryError
 from ociflow.http.auth import Authenticator, _parse_token, realm_may_see_credentials
 from ociflow.http.challenge import parse_challenges, parse_scopes, request_scopes
 from ociflow.http.credentials import Credentials
@@ -32,6 +36,7 @@ from ociflow.http.retry import RetryPolicy
 from ociflow.http.transport import Session
 from ociflow.streams import verified
 from ociflow.target import open_destination, open_source
+from ociflow.targets.blob_upload import resolve_location
 from tests.auth_servers import (
     SERVICE,
     TokenPolicy,
@@ -71,7 +76,7 @@ def basic_reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServ
 
 
 def options(**more: object) -> HttpOptions:
-    return HttpOptions(retry=FAST, **more)  # type: ignore[arg-type]
+    return HttpOptions(**{"retry": FAST, **more})  # type: ignore[arg-type]
 
 
 def tagged_manifest(layout: Path, tag: str) -> bytes:
@@ -194,7 +199,7 @@ async def test_mount_asks_for_both_scopes_in_one_token(
                        dst_credentials=ALICE)
     tokens.clear_journal()
     result = await ociflow.copy(first, f"docker://{token_reg.address}/{repo}/b:1.0",
-                                options=options(credentials=ALICE))
+                                options=options(), src_credentials=ALICE, dst_credentials=ALICE)
     assert result.blobs_mounted >= 5 and result.blobs_copied == 0
     scope_sets = [sorted(e.scopes) for e in tokens.journal()]
     assert sorted([f"repository:{repo}/a:pull", f"repository:{repo}/b:pull,push"]) in scope_sets
@@ -401,7 +406,11 @@ def test_request_scopes(method: str, url: str, expected: set[tuple[str, str, str
         ("registry.example.com", "10.0.0.5", False),
         ("registry.example.com", "169.254.169.254", False),
         ("127.0.0.1", "127.0.0.2", True),
+        ("localhost", "127.0.0.1", True),
         ("localhost", "auth.example.com", False),
+        ("myreg.azurecr.io", "myreg.azurecr.io", True),
+        ("myreg.azurecr.io", "attacker.azurecr.io", False),
+        ("a.s3.amazonaws.com", "b.s3.amazonaws.com", False),
         ("example.com", "com", False),
     ],
 )
@@ -486,3 +495,179 @@ def test_bench_with_credentials_cleans_up(
     assert report["deleted"] == 2 and report["leftBehind"] == {}
     assert any(s.endswith(":delete") for e in tokens.journal() for s in e.scopes)
     assert ALICE.password not in done.stdout + done.stderr
+
+
+# -- review findings: what must not happen ------------------------------------------------
+
+
+async def test_copy_refuses_one_set_of_credentials_for_both_sides(sample_layout: Path) -> None:
+    """Credentials in the shared options would go to the source and the destination alike."""
+    with pytest.raises(ValueError, match="src_credentials and dst_credentials"):
+        await ociflow.copy(f"oci:{sample_layout}:1.0", "docker://registry.example.com/x:1",
+                           options=options(credentials=ALICE))
+
+
+async def test_identity_token_is_exchanged_with_a_refresh_grant(
+    token_reg: RegistryServer, tokens: TokenServer, sample_layout: Path, repo: str,
+) -> None:
+    """A Docker config ``identitytoken`` (an OAuth2 refresh token) is spent with
+    ``grant_type=refresh_token`` in a POST form, never as a password."""
+    import aiohttp
+
+    form = {"grant_type": "password", "username": "alice", "password": ALICE.password,
+            "service": SERVICE, "client_id": "test", "access_type": "offline"}
+    async with aiohttp.ClientSession() as http, http.post(tokens.realm, data=form) as answer:
+        refresh = (await answer.json())["refresh_token"]
+    tokens.clear_journal()
+    await ociflow.copy(f"oci:{sample_layout}:1.0", f"docker://{token_reg.address}/{repo}:1",
+                       options=options(),
+                       dst_credentials=Credentials(identity_token=refresh))
+    journal = tokens.journal()
+    assert journal and all(e.method == "POST" and e.grant_type == "refresh_token"
+                           and e.user == "alice" and e.status == 200 for e in journal)
+
+
+async def test_registry_token_is_sent_as_is(
+    token_reg: RegistryServer, tokens: TokenServer, sample_layout: Path, repo: str,
+) -> None:
+    minted = tokens.mint([f"repository:{repo}:pull,push"], user="alice")
+    await ociflow.copy(f"oci:{sample_layout}:1.0", f"docker://{token_reg.address}/{repo}:1",
+                       options=options(), dst_credentials=Credentials(registry_token=minted))
+    assert tokens.journal() == []  # never exchanged
+
+
+async def test_token_server_error_text_stays_out_of_the_message(
+    token_reg: RegistryServer, tokens: TokenServer, sample_layout: Path, repo: str,
+) -> None:
+    """S1: a token server's message may quote what it was sent; only status and codes show."""
+    body = b'{"details": "refresh token idt-SECRET-123 expired"}'
+    tokens.fail_next(10, 500, body=body)
+    with pytest.raises(RegistryError) as info:
+        await ociflow.copy(f"oci:{sample_layout}:1.0", f"docker://{token_reg.address}/{repo}:1",
+                           options=options(retry=RetryPolicy(attempts=1)),
+                           dst_credentials=ALICE)
+    assert "500" in str(info.value) and "idt-SECRET-123" not in str(info.value)
+
+
+async def test_unreachable_token_server_is_not_retried_attempts_squared(
+    token_reg: RegistryServer, tokens: TokenServer, sample_layout: Path, repo: str,
+) -> None:
+    """The token stack retries a dropped token request; the registry's stack above it must
+    not retry the whole again (3 attempts, not 9)."""
+    async with FaultProxy(tokens.realm.removesuffix("/token")) as proxy:
+        proxy.add("GET", "/token", Fault(swallow=True))
+        realm = f"http://{proxy.address}/token"
+        app = _challenging_registry(f'Bearer realm="{realm}",service="{SERVICE}"')
+        async with _serve(app) as port:
+            with pytest.raises(AuthenticationError) as info:
+                await ociflow.copy(f"docker://127.0.0.1:{port}/{repo}:1", "oci:/nonexistent:1",
+                                   options=options(retry=RetryPolicy(attempts=3,
+                                                                     base_delay=0.01)))
+        # 3 attempts; aiohttp itself sends an idempotent request once more when the server
+        # drops the connection unanswered, so each attempt may show twice. Retried at both
+        # levels it would be 9 attempts (up to 18 requests).
+        assert 3 <= proxy.count("GET", "/token") <= 6
+        assert str(info.value).count("gave up") == 1
+
+
+async def test_401_without_a_challenge_asks_v2_for_one(
+    token_reg: RegistryServer, tokens: TokenServer, sample_layout: Path, tmp_path: Path,
+    repo: str,
+) -> None:
+    """gcr.io answers some 401s without ``WWW-Authenticate``: the challenge comes from
+    ``/v2/`` (protocol.md §3.2)."""
+    dst = f"docker://{token_reg.address}/{repo}:1.0"
+    await ociflow.copy(f"oci:{sample_layout}:1.0", dst, options=options(),
+                       dst_credentials=ALICE)
+    async with FaultProxy(token_reg.url) as proxy:
+        proxy.add("GET", "/manifests/", Fault(status=401), attempts={1})
+        result = await ociflow.copy(f"docker://{proxy.address}/{repo}:1.0",
+                                    f"oci:{tmp_path / 'out'}:1.0", options=options(),
+                                    src_credentials=ALICE)
+        assert proxy.count("GET", "^/v2/$") == 1
+    assert result.blobs_copied >= 5
+
+
+async def test_token_fetch_failures_are_shared_by_concurrent_waiters() -> None:
+    """Twenty requests waiting for one token the server cannot give: one token request (a
+    wrong password must not become a burst of failed logins either)."""
+    calls = 0
+
+    class Refusing:
+        async def send(self, request: Request) -> Response:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.01)
+            raise RegistryError("ctx: 503 unavailable (gave up after 5 attempts)", status=503)
+
+    async def creds() -> Credentials | None:
+        return ALICE
+
+    auth = Authenticator(lambda: URL("https://registry.example.com"), creds)
+    auth.token_handler = Refusing()
+    auth.challenge = parse_challenges(
+        ['Bearer realm="https://auth.example.com/token",service="s"'])[0]
+    atoms = frozenset({("repository", "a", "pull")})
+    results = await asyncio.gather(*(auth.token(atoms, "ctx") for _ in range(20)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, RegistryError) and r.status == 503 for r in results)
+    assert calls == 1
+
+
+async def test_a_public_registry_cannot_point_the_realm_at_a_private_address() -> None:
+    """A4/SSRF: even anonymously, no token is fetched from a link-local or private realm."""
+    async def anonymous() -> Credentials | None:
+        return None
+
+    for realm in ("https://169.254.169.254/token", "https://10.1.2.3/token",
+                  "https://[::1]/token"):
+        auth = Authenticator(lambda: URL("https://registry.example.com"), anonymous)
+        auth.token_handler = _Recorder()
+        auth.challenge = parse_challenges([f'Bearer realm="{realm}"'])[0]
+        with pytest.raises(AuthenticationError, match="private address"):
+            await auth.token(frozenset(), "ctx")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"token": "t", "expires_in": NaN}', 60.0),
+        (b'{"token": "t", "expires_in": 1e999}', 60.0),
+        (b'{"token": "t", "expires_in": 1000000000}', 86400.0),
+    ],
+)
+def test_token_lifetimes_are_finite_and_capped(body: bytes, expected: float) -> None:
+    assert _parse_token(body, "ctx")[1] == expected
+
+
+def test_requests_do_not_show_their_headers_or_body() -> None:
+    request = Request("POST", URL("https://r.example.com/token"), "ctx",
+                      CIMultiDict({"Authorization": "Bearer secret-1"}), b"refresh_token=s-2")
+    assert "secret-1" not in repr(request) and "s-2" not in repr(request)
+
+
+def test_an_upload_location_may_not_downgrade_to_http() -> None:
+    with pytest.raises(RegistryError, match="downgrades"):
+        resolve_location(URL("https://r.example.com/v2/a/blobs/uploads/"),
+                         "http://r.example.com/v2/a/blobs/uploads/u1?_state=x", "ctx")
+
+
+def _challenging_registry(challenge: str) -> web.Application:
+    """A stand-in registry that answers every request 401 with ``challenge``."""
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _serve(app: web.Application) -> AsyncGenerator[int, None]:
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        assert server.port is not None
+        yield server.port
+    finally:
+        await server.close()

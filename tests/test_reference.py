@@ -71,3 +71,12 @@ def test_layout_references() -> None:
     ref = parse_reference(f"oci:./out@sha256:{HEX}")
     assert ref == LayoutReference("./out", None, f"sha256:{HEX}")  # type: ignore[arg-type]
     assert str(parse_reference("oci:/x:tag")) == "oci:/x:tag"
+
+
+@pytest.mark.parametrize("text", ["docker://alice:s3cr3t-pw@registry.example.com/app:1",
+                                  "alice:s3cr3t-pw@registry.example.com/app"])
+def test_user_information_is_refused_without_echoing_it(text: str) -> None:
+    """S2: a password in a reference never reaches the message."""
+    with pytest.raises(InvalidReferenceError) as info:
+        parse_reference(text)
+    assert "s3cr3t-pw" not in str(info.value) and "registry.example.com" in str(info.value)

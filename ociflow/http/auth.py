@@ -31,9 +31,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import ipaddress
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,7 +42,14 @@ from urllib.parse import quote_plus
 from multidict import CIMultiDict
 from yarl import URL
 
-from ociflow.errors import AuthenticationError, RegistryError
+from ociflow.errors import (
+    AuthenticationError,
+    OciflowError,
+    RegistryError,
+    TooManyRequestsError,
+    TransportError,
+)
+from ociflow.http.addresses import ip_literal, is_local, is_local_address, is_loopback
 from ociflow.http.challenge import Atom, Challenge, format_scopes, parse_challenges, request_scopes
 from ociflow.http.credentials import Credentials
 from ociflow.http.errors import error_from_response
@@ -54,6 +61,8 @@ log = logging.getLogger(__name__)
 
 MIN_TOKEN_LIFETIME = 60.0
 """Seconds a token is assumed to live when the server says less or nothing (token.md)."""
+MAX_TOKEN_LIFETIME = 24 * 3600.0
+"""Seconds a token is trusted at most, whatever the server says."""
 RENEW_BEFORE = 10.0
 """Seconds before its expiry that a cached token stops being used."""
 MAX_TOKEN_RESPONSE = 1024 * 1024
@@ -61,6 +70,12 @@ CLIENT_ID = "ociflow"
 # Second-level labels under which a registrable domain has three labels (example.co.uk): a
 # short list instead of the public suffix list, erring on the side of not sending credentials.
 _SECOND_LEVEL = frozenset({"co", "com", "net", "org", "gov", "edu", "ac", "or", "ne", "go"})
+# Domains under which every tenant has its own name: a realm elsewhere under them belongs to
+# someone else (the public suffix list's "private" section, the registries' part of it).
+_SHARED_SUFFIXES = (
+    "azurecr.io", "amazonaws.com", "cloudfront.net", "github.io", "herokuapp.com",
+    "appspot.com", "pkg.dev", "azurewebsites.net", "ondigitalocean.app",
+)
 
 CredentialSource = Callable[[], Awaitable[Credentials | None]]
 """Returns the credentials for one registry (None: anonymous); called at most once."""
@@ -93,11 +108,15 @@ class Authenticator:
         self._registry_url = registry_url
         self._credential_source = credentials
         self._credentials: Credentials | None = None
+        self._credentials_error: OciflowError | None = None
         self._resolved = False
         self._resolving = asyncio.Lock()
         self.challenge: Challenge | None = None
         self._tokens: list[_Token] = []
         self._fetching: dict[frozenset[Atom], asyncio.Lock] = {}
+        # A token fetch that failed (after its retries) is not repeated by every request
+        # waiting for it: a wrong password must not become a burst of failed logins.
+        self._failed: dict[frozenset[Atom], OciflowError] = {}
         self.tokens_fetched = 0
 
     def is_registry(self, url: URL) -> bool:
@@ -106,11 +125,17 @@ class Authenticator:
         return base is not None and origin(url) == origin(base)
 
     async def credentials(self) -> Credentials | None:
+        """The registry's credentials, looked up once (a failed lookup fails every caller)."""
         if not self._resolved:
             async with self._resolving:
                 if not self._resolved:
-                    self._credentials = await self._credential_source()
+                    try:
+                        self._credentials = await self._credential_source()
+                    except OciflowError as exc:
+                        self._credentials_error = exc
                     self._resolved = True
+        if self._credentials_error is not None:
+            raise self._credentials_error
         return self._credentials
 
     async def authorization(self, request: Request) -> tuple[str, _Token | None] | None:
@@ -129,15 +154,15 @@ class Authenticator:
         return f"Bearer {token.value}", token
 
     def learn(self, response: Response) -> Challenge | None:
-        """Take the challenge of a ``401`` (Bearer preferred over Basic); None when it has
-        none this layer can answer."""
+        """Take the challenge of a ``401`` (Bearer preferred over Basic). A ``401`` without
+        one (gcr.io does that) means the challenge already known; None when there is none."""
         challenges = parse_challenges(response.headers.getall("WWW-Authenticate", []))
         for scheme in ("bearer", "basic"):
             for challenge in challenges:
                 if challenge.scheme == scheme and (scheme == "basic" or challenge.realm):
                     self.challenge = challenge
                     return challenge
-        return None
+        return self.challenge if not challenges else None
 
     def drop(self, token: _Token | None) -> None:
         """Forget ``token``: the registry refused it."""
@@ -151,10 +176,16 @@ class Authenticator:
             return cached
         lock = self._fetching.setdefault(atoms, asyncio.Lock())
         async with lock:
+            if atoms in self._failed:
+                raise self._failed[atoms]
             cached = self._cached(atoms)
             if cached is not None:
                 return cached
-            token = await self._fetch(atoms, context)
+            try:
+                token = await self._fetch(atoms, context)
+            except OciflowError as exc:
+                self._failed[atoms] = exc
+                raise
             self._tokens = [t for t in self._tokens if time.monotonic() < t.expires]
             self._tokens.append(token)
             return token
@@ -193,7 +224,16 @@ class Authenticator:
         log.debug("%s: fetching a token from %s for %s", context, redact_url(realm),
                   " ".join(scopes) or "no scope")
         received = time.monotonic()
-        response = await self.token_handler.send(request)
+        try:
+            response = await self.token_handler.send(request)
+        except TransportError as exc:
+            # The token stack has retried already; an error the registry's stack would retry
+            # again (attempts squared) becomes one that it does not.
+            raise AuthenticationError(
+                f"{exc} (token request to {redact_url(realm)})", status=0
+            ) from None
+        except RegistryError as exc:  # a 5xx or 429 the token stack gave up on
+            raise _token_error(exc.status, exc.codes, realm, context) from None
         async with response:
             if response.status != 200:
                 raise await self._refused(response, creds, realm, context)
@@ -210,12 +250,22 @@ class Authenticator:
             realm = URL(challenge.realm)
         except ValueError:
             realm = URL()
-        if realm.scheme not in ("http", "https") or not realm.host:
+        if realm.scheme not in ("http", "https") or not realm.host or realm.user is not None:
             raise AuthenticationError(
-                f"{context}: the registry's token realm is not an http(s) URL", status=401
+                f"{context}: the registry's token realm is not an http(s) URL without "
+                "user information",
+                status=401,
             )
         registry = self._registry_url()
         registry_host = registry.host if registry is not None else ""
+        if not is_local(registry_host or "") and is_local_address(realm.host):
+            # A public registry pointing the client at a private or link-local address (a
+            # cloud metadata service): the token it returned would go back to the registry.
+            raise AuthenticationError(
+                f"{context}: refusing the token realm {redact_url(realm)}: a private address "
+                f"for a registry on {registry_host}",
+                status=401,
+            )
         if registry is not None and registry.scheme == "https" and realm.scheme != "https":
             raise AuthenticationError(
                 f"{context}: refusing the token realm {redact_url(realm)}: plain http for an "
@@ -234,21 +284,19 @@ class Authenticator:
     async def _refused(
         self, response: Response, creds: Credentials | None, realm: URL, context: str
     ) -> RegistryError:
+        # Only the status and error codes: a token server's message may quote the refresh
+        # token or the user's input (S1).
         error = await error_from_response(response, context)
         status = response.status
+        codes = error.codes if isinstance(error, RegistryError) else ()
         if status in (401, 403):
             who = f"the credentials {creds}" if creds is not None else "an anonymous request"
             return AuthenticationError(
-                f"{context}: the token server {redact_url(realm)} refused {who} ({status})",
-                status=status,
+                f"{context}: the token server {redact_url(realm)} refused {who} "
+                f"({_status(status, codes)})",
+                status=status, codes=codes,
             )
-        if isinstance(error, RegistryError):
-            return type(error)(
-                f"{context}: token request to {redact_url(realm)} failed: "
-                f"{str(error).removeprefix(context + ': ')}",
-                status=error.status, codes=error.codes,
-            )
-        return RegistryError(f"{error}", status=status)
+        return _token_error(status, codes, realm, context)
 
 
 class AuthLayer(Layer):
@@ -273,6 +321,8 @@ class AuthLayer(Layer):
         token = sent[1] if sent is not None else None
         self.auth.drop(token)
         challenge = self.auth.learn(response)
+        if challenge is None and request.replayable:
+            challenge = await self._ping(request)
         if challenge is None or not request.replayable:
             # Nothing to answer with; or a one-shot body, which cannot be sent again: the
             # caller sees the 401 and the next request gets a fresh token.
@@ -291,6 +341,16 @@ class AuthLayer(Layer):
         request.headers["Authorization"] = header
         return await self.inner.send(request)
 
+    async def _ping(self, request: Request) -> Challenge | None:
+        """A ``401`` that says nothing of how to authenticate: ask ``/v2/``, which does
+        (protocol.md §3.2, containers/image)."""
+        ping = Request("GET", request.url.with_path("/v2/").with_query(None), request.context)
+        answer = await self.inner.send(ping)
+        try:
+            return self.auth.learn(answer) if answer.status == 401 else None
+        finally:
+            answer.release()
+
 
 def realm_may_see_credentials(registry_host: str, realm_host: str) -> bool:
     """Whether a token realm on ``realm_host`` may be sent the credentials meant for
@@ -299,30 +359,38 @@ def realm_may_see_credentials(registry_host: str, realm_host: str) -> bool:
     registry_host, realm_host = registry_host.lower().rstrip("."), realm_host.lower().rstrip(".")
     if registry_host == realm_host:
         return True
-    registry_ip, realm_ip = _ip(registry_host), _ip(realm_host)
-    if registry_ip is not None or realm_ip is not None:
-        return (
-            registry_ip is not None and realm_ip is not None
-            and registry_ip.is_loopback and realm_ip.is_loopback
-        )
-    if "localhost" in (registry_host, realm_host):
+    if is_loopback(registry_host) or is_loopback(realm_host):
+        return is_loopback(registry_host) and is_loopback(realm_host)
+    if ip_literal(registry_host) is not None or ip_literal(realm_host) is not None:
         return False
     return _registrable(registry_host) == _registrable(realm_host) != ""
 
 
 def _registrable(host: str) -> str:
+    """The registrable domain of ``host``: its last two labels, three under a two-letter
+    country code's second level (``example.co.uk``), and the whole host under a domain shared
+    by many tenants (``myreg.azurecr.io``), where only the host itself is trusted."""
     labels = host.split(".")
     if len(labels) < 2:
         return ""
+    if any(host.endswith("." + suffix) for suffix in _SHARED_SUFFIXES):
+        return host
     keep = 3 if len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL else 2
     return ".".join(labels[-keep:]) if len(labels) >= keep else ""
 
 
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
+def _status(status: int, codes: tuple[str, ...]) -> str:
+    return f"{status}" + (f" {', '.join(codes)}" if codes else "")
+
+
+def _token_error(status: int, codes: tuple[str, ...], realm: URL, context: str) -> RegistryError:
+    """A failed token request, told by status and error codes only: a token server's message
+    may quote what it was sent, a refresh token say (S1)."""
+    cls = TooManyRequestsError if status == 429 else RegistryError
+    return cls(
+        f"{context}: token request to {redact_url(realm)} failed ({_status(status, codes)})",
+        status=status, codes=codes,
+    )
 
 
 def _basic(creds: Credentials | None) -> str | None:
@@ -344,6 +412,9 @@ def _parse_token(body: bytes, context: str) -> tuple[str, float]:
     if not isinstance(value, str) or not value or not value.isprintable():
         raise AuthenticationError(f"{context}: the token server's answer holds no token")
     lifetime = obj.get("expires_in")
-    if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or lifetime <= 0:
+    if (
+        not isinstance(lifetime, int | float) or isinstance(lifetime, bool)
+        or not math.isfinite(lifetime) or lifetime <= 0
+    ):
         lifetime = MIN_TOKEN_LIFETIME
-    return value, float(lifetime)
+    return value, min(float(lifetime), MAX_TOKEN_LIFETIME)

@@ -31,8 +31,9 @@ class Request:
     method: str
     url: URL
     context: str
-    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
-    body: Body = None
+    # Not in repr: headers carry credentials, a body may be a token request's form.
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict, repr=False)
+    body: Body = field(default=None, repr=False)
 
     @property
     def replayable(self) -> bool:

@@ -15,6 +15,7 @@ import dataclasses
 from yarl import URL
 
 from ociflow.errors import RegistryError
+from ociflow.http.addresses import is_local, is_local_address
 from ociflow.http.message import Layer, Request, Response
 from ociflow.http.redact import redact_url
 
@@ -48,6 +49,13 @@ class RedirectLayer(Layer):
                     f"{request.context}: more than {MAX_REDIRECTS} redirects", status=status
                 )
             target = _resolve(request, location, status)
+            if is_local_address(target.host or "") and not is_local(request.url.host or ""):
+                # A public name pivoting to a private or link-local address (SSRF, R2).
+                raise RegistryError(
+                    f"{request.context}: refusing a redirect from {request.url.host} to the "
+                    f"private address {target.host}",
+                    status=status,
+                )
             if request.url.scheme == "https" and target.scheme != "https":
                 raise RegistryError(
                     f"{request.context}: refusing a redirect from https to "

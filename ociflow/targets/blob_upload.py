@@ -162,6 +162,9 @@ def resolve_location(request_url: URL, location: str, context: str) -> URL:
         url = None
     if url is None or url.scheme not in ("http", "https") or not url.host:
         raise RegistryError(f"{context}: the registry returned an invalid upload Location")
+    if request_url.scheme == "https" and url.scheme != "https":
+        # The layer's bytes and the session's state would cross the network in the clear.
+        raise RegistryError(f"{context}: refusing an upload Location that downgrades to http")
     return url
 
 
