@@ -281,6 +281,11 @@ def test_search_order_with_docker_config(env: Env) -> None:
     env.vars["REGISTRY_AUTH_FILE"] = str(files["registry_auth_file"])
     env.vars["XDG_RUNTIME_DIR"] = str(env.root / "run")
 
+    assert_search_order(env, files)
+
+
+def assert_search_order(env: Env, files: dict[str, Path]) -> None:
+    """Each file in turn is the one read (its user is found), then is removed."""
     for user, path in files.items():
         credentials = env.keychain().lookup("ghcr.io")
         assert credentials is not None
@@ -302,12 +307,7 @@ def test_search_order_without_docker_config(env: Env) -> None:
     env.vars["REGISTRY_AUTH_FILE"] = str(files["registry_auth_file"])
     env.vars["XDG_RUNTIME_DIR"] = str(env.root / "run")
 
-    for user, path in files.items():
-        credentials = env.keychain().lookup("ghcr.io")
-        assert credentials is not None
-        assert credentials.username == user
-        path.unlink()
-    assert env.keychain().lookup("ghcr.io") is None
+    assert_search_order(env, files)
 
 
 def test_docker_config_without_a_file_does_not_fall_back_to_home(env: Env) -> None:
