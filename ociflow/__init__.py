@@ -19,6 +19,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "AuthenticationError": "ociflow.errors",
+    "AzureAD": "ociflow.http.credentials",
     "CancelledTransferError": "ociflow.errors",
     "CopyResult": "ociflow.engine",
     "Credentials": "ociflow.http.credentials",
@@ -48,6 +49,7 @@ _EXPORTS = {
 
 __all__ = [
     "AuthenticationError",
+    "AzureAD",
     "CancelledTransferError",
     "CopyResult",
     "Credentials",
@@ -95,7 +97,7 @@ if TYPE_CHECKING:
         TransportError,
         VerificationError,
     )
-    from ociflow.http.credentials import Credentials
+    from ociflow.http.credentials import AzureAD, Credentials
     from ociflow.http.transport import HttpOptions
     from ociflow.progress import Progress, TqdmProgress
     from ociflow.reference import LayoutReference, RegistryReference, parse_reference

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NoReturn
 from ociflow import __version__
 
 if TYPE_CHECKING:
-    from ociflow.http.credentials import Credentials
+    from ociflow.http.credentials import AzureAD, Credentials
     from ociflow.http.transport import HttpOptions
 
 EXIT_ERROR = 1
@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="credentials for the source registry")
     copy.add_argument("--dest-creds", metavar="USER:PASSWORD", type=_credentials,
                       help="credentials for the destination registry")
+    copy.add_argument("--src-azure", action="store_true",
+                      help="sign in to the source registry (Azure Container Registry) with "
+                           "Azure AD (azure-identity's DefaultAzureCredential)")
+    copy.add_argument("--dest-azure", action="store_true",
+                      help="sign in to the destination registry with Azure AD")
     copy.add_argument("--no-resume", dest="resume", action="store_false",
                       help="do not keep partial downloads and open upload sessions for a later "
                       "run to continue (by default an interrupted copy resumes when run again; "
@@ -137,6 +142,16 @@ def _byte_size(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1 byte")
     return value
+
+
+def _sign_in(creds: Credentials | None, azure: bool, side: str) -> Credentials | AzureAD | None:
+    if not azure:
+        return creds
+    if creds is not None:
+        raise ValueError(f"{side}-creds and {side}-azure exclude each other")
+    from ociflow.http.credentials import AzureAD
+
+    return AzureAD()
 
 
 def _credentials(text: str) -> Credentials:
@@ -285,8 +300,8 @@ def _copy(args: argparse.Namespace) -> int:
         progress=progress,
         options=_http_options(args),
         resume=args.resume,
-        src_credentials=args.src_creds,
-        dst_credentials=args.dest_creds,
+        src_credentials=_sign_in(args.src_creds, args.src_azure, "--src"),
+        dst_credentials=_sign_in(args.dest_creds, args.dest_azure, "--dest"),
     )
     if args.json:
         print(json.dumps(result.to_json()))

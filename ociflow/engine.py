@@ -35,7 +35,7 @@ from ociflow.errors import (
     InvalidReferenceError,
     OciflowError,
 )
-from ociflow.http.credentials import Credentials
+from ociflow.http.credentials import AzureAD, Credentials
 from ociflow.http.transport import HttpOptions, Session
 from ociflow.manifest import MAX_INDEX_DEPTH, Manifest, parse_manifest, select_platform
 from ociflow.progress import Outcome, Progress
@@ -106,8 +106,8 @@ async def copy(
     progress: Progress | None = None,
     options: HttpOptions | None = None,
     resume: bool = True,
-    src_credentials: Credentials | None = None,
-    dst_credentials: Credentials | None = None,
+    src_credentials: Credentials | AzureAD | None = None,
+    dst_credentials: Credentials | AzureAD | None = None,
 ) -> CopyResult:
     """Copy the image or index that ``src`` names to ``dst``, verifying every byte.
 
@@ -117,7 +117,8 @@ async def copy(
     failed on the network) leaves partial downloads and open upload sessions for the next run
     of the same copy to continue (see :mod:`ociflow.journal`); target objects passed in keep
     their own settings. ``src_credentials``/``dst_credentials`` are used when a registry asks
-    for credentials; without them, they come from the Docker config (``options.auth_file`` or
+    for credentials (``Credentials``, or ``AzureAD()`` to sign in to Azure Container Registry
+    with azure-identity); without them, they come from the Docker config (``options.auth_file`` or
     the default places), else the registry is used anonymously.
 
     Raises :class:`~ociflow.errors.OciflowError` subclasses;
@@ -170,8 +171,8 @@ def copy_sync(
     progress: Progress | None = None,
     options: HttpOptions | None = None,
     resume: bool = True,
-    src_credentials: Credentials | None = None,
-    dst_credentials: Credentials | None = None,
+    src_credentials: Credentials | AzureAD | None = None,
+    dst_credentials: Credentials | AzureAD | None = None,
 ) -> CopyResult:
     """:func:`copy` for synchronous callers (runs its own event loop)."""
     return asyncio.run(
@@ -190,7 +191,7 @@ def copy_sync(
 
 
 def _with_credentials(
-    options: HttpOptions | None, credentials: Credentials | None
+    options: HttpOptions | None, credentials: Credentials | AzureAD | None
 ) -> HttpOptions | None:
     if credentials is None:
         return options

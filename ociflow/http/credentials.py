@@ -1,4 +1,5 @@
-"""Registry credentials: what a user, a config file or a credential helper hands ociflow.
+"""Registry credentials: what a user, a config file or a credential helper hands ociflow, and
+the Azure AD sign-in (:class:`AzureAD`, spent by :mod:`ociflow.http.azure`).
 
 A :class:`Credentials` never shows its secrets: ``repr`` and ``str`` name the kind of credential
 and the user only (reliability.md S1). Where they come from is
@@ -9,7 +10,10 @@ and the user only (reliability.md S1). Where they come from is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+DEFAULT_AUDIENCE = "https://containerregistry.azure.net"
+"""The Azure AD resource of Azure Container Registry's data plane (protocol.md §4.2)."""
 IDENTITY_TOKEN_USER = "<token>"
 """The user name a credential helper reports when its secret is an identity (refresh) token."""
 
@@ -50,3 +54,21 @@ class Credentials:
     def __str__(self) -> str:
         who = f" of {self.username!r}" if self.username else ""
         return f"<{self.kind}{who}>"
+
+
+@dataclass(frozen=True)
+class AzureAD:
+    """Sign in to a registry with Azure AD.
+
+    ``credential`` is an ``azure.core.credentials.TokenCredential`` (None:
+    ``DefaultAzureCredential()``: environment, workload or managed identity, Azure CLI, ...);
+    ``audience`` the AAD resource the token is for (the ARM audience of a national cloud, say,
+    where a registry wants that); ``tenant`` is passed on to the exchange when set.
+    """
+
+    credential: Any = None
+    audience: str = DEFAULT_AUDIENCE
+    tenant: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AzureAD(audience={self.audience!r}, tenant={self.tenant!r})"

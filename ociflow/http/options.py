@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ociflow.http.credentials import Credentials
+from ociflow.http.credentials import AzureAD, Credentials
 from ociflow.http.retry import RetryPolicy
 
 
@@ -23,8 +23,9 @@ class HttpOptions:
     ``stall_timeout`` is the longest wait for *any* bytes on an open connection, not a cap on a
     whole transfer (a total timeout would kill a healthy slow download; reliability.md P14/P15).
     ``retry`` is the retry budget and backoff for requests and resumed bodies.
-    ``credentials`` are used when the registry asks for them; None looks them up in the Docker
-    config (``auth_file``, else the default places; :mod:`ociflow.http.dockerconfig`).
+    ``credentials`` are used when the registry asks for them (an :class:`AzureAD` sign-in is
+    exchanged for an ACR token); None looks them up in the Docker config (``auth_file``, else
+    the default places; :mod:`ociflow.http.dockerconfig`).
     """
 
     plain_http: bool = False
@@ -33,7 +34,7 @@ class HttpOptions:
     connect_timeout: float = 30.0
     user_agent: str = field(default_factory=_default_user_agent)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    credentials: Credentials | None = None
+    credentials: Credentials | AzureAD | None = None
     auth_file: str | None = None
     # Blob transfer knobs (ociflow.targets.blob_download / blob_upload); sizes in bytes.
     chunk_size: int = 64 * 1024 * 1024

@@ -19,7 +19,7 @@ import aiohttp
 
 from ociflow.http.auth import CredentialSource
 from ociflow.http.client import RegistryClient
-from ociflow.http.credentials import Credentials
+from ociflow.http.credentials import AzureAD, Credentials
 from ociflow.http.errors import transport_error
 from ociflow.http.message import Request, Response
 from ociflow.http.options import HttpOptions
@@ -149,12 +149,23 @@ class Session:
         return client
 
     def _credentials(self, ref: RegistryReference, options: HttpOptions) -> CredentialSource:
-        """Where ``ref``'s client gets its credentials: ``options.credentials`` when given,
-        else the Docker config (read once per session and file; helpers run in a thread)."""
+        """Where ``ref``'s client gets its credentials: ``options.credentials`` when given (an
+        Azure AD sign-in is exchanged for an ACR refresh token first), else the Docker config
+        (read once per session and file; helpers run in a thread)."""
 
         async def lookup() -> Credentials | None:
-            if options.credentials is not None:
-                return options.credentials
+            given = options.credentials
+            if isinstance(given, AzureAD):
+                from ociflow.http.azure import exchange
+
+                client = self.registry(ref, options)
+                context = f"{ref.registry}: signing in with Azure AD"
+                base = await client.base_url(context)
+                challenge = client.auth.challenge
+                service = challenge.service if challenge and challenge.service else ref.host
+                return await exchange(given, base, service, client.auth.token_handler, context)
+            if given is not None:
+                return given
             keychain = self._keychains.get(options.auth_file)
             if keychain is None:
                 from ociflow.http.dockerconfig import Keychain
