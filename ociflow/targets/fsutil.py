@@ -84,8 +84,11 @@ def lstat_regular(name: str, dir_fd: int, what: str) -> os.stat_result | None:
 def open_regular(name: str, dir_fd: int, what: str) -> tuple[int, os.stat_result]:
     """Open the regular file ``name`` for reading; refuse symlinks, FIFOs, devices, directories.
 
-    The entry is checked before it is opened (so a symlink's target is never touched) and the
-    opened file is checked to be the same one (a swap in between is refused).
+    The entry is checked before it is opened (so a symlink's target, a FIFO or a device is never
+    opened), and the file opened is checked again: ``O_NOFOLLOW`` refuses a symlink swapped in
+    between and ``O_NONBLOCK`` keeps a FIFO from blocking; anything but a regular file is
+    refused. Another regular file is accepted: that is how a concurrent writer's atomic rename
+    (a new ``index.json``) looks from here.
     """
     st = lstat_regular(name, dir_fd, what)
     if st is None:
@@ -98,10 +101,7 @@ def open_regular(name: str, dir_fd: int, what: str) -> tuple[int, os.stat_result
         raise
     try:
         opened = os.fstat(fd)
-        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
-            st.st_dev,
-            st.st_ino,
-        ):
+        if not stat.S_ISREG(opened.st_mode):
             raise LayoutError(f"{what} changed while it was opened ({kind_of(opened.st_mode)})")
     except BaseException:
         os.close(fd)
