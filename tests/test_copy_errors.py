@@ -41,6 +41,15 @@ def files_under(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
 
 
+def assert_only_resumable_partials(out: Path) -> None:
+    """A transfer cancelled by another blob's failure may keep its per-digest partial file in
+    ``.ociflow-ingest/`` for the next run (which verifies it whole and re-fetches from 0 if it
+    is bad); no other partial file may be anywhere."""
+    for path in files_under(out):
+        if "partial" in path.name:
+            assert path.parent.name == ".ociflow-ingest" and path.name.startswith("sha256-")
+
+
 def final_blobs(path: Path) -> list[Path]:
     return files_under(path / "blobs")
 
@@ -114,7 +123,7 @@ def test_layout_blob_content_mismatch_to_layout(sample_layout: Path, tmp_path: P
     assert_fails_cleanly(proc, f"sha256:{bad.name}", "digest mismatch")
     assert not (out / "blobs" / "sha256" / bad.name).exists()
     assert json.loads((out / "index.json").read_text())["manifests"] == []
-    assert not [p for p in files_under(out) if "partial" in p.name]
+    assert_only_resumable_partials(out)
 
 
 def test_layout_blob_content_mismatch_to_registry(
@@ -196,7 +205,4 @@ async def test_registry_blob_with_flipped_byte_is_not_stored(
         await proxy.stop()
     assert final_blobs(out) == []
     assert json.loads((out / "index.json").read_text())["manifests"] == []
-    # A download cancelled by the failure may keep its per-digest partial file beside the
-    # layout for the next run (which verifies it whole, and re-fetches from 0 if it is bad).
-    assert all(p.parent.name == ".ociflow-ingest" and p.name.startswith("sha256-")
-               for p in files_under(out) if "partial" in p.name)
+    assert_only_resumable_partials(out)
