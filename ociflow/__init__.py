@@ -36,6 +36,7 @@ _EXPORTS = {
     "OciflowError": "ociflow.errors",
     "Platform": "ociflow.descriptor",
     "Progress": "ociflow.progress",
+    "Registry": "ociflow.manage",
     "RegistryError": "ociflow.errors",
     "RegistryReference": "ociflow.reference",
     "TooManyRequestsError": "ociflow.errors",
@@ -66,6 +67,7 @@ __all__ = [
     "OciflowError",
     "Platform",
     "Progress",
+    "Registry",
     "RegistryError",
     "RegistryReference",
     "TooManyRequestsError",
@@ -99,6 +101,7 @@ if TYPE_CHECKING:
     )
     from ociflow.http.credentials import AzureAD, Credentials
     from ociflow.http.transport import HttpOptions
+    from ociflow.manage import Registry
     from ociflow.progress import Progress, TqdmProgress
     from ociflow.reference import LayoutReference, RegistryReference, parse_reference
 

@@ -73,17 +73,37 @@ def _parser() -> argparse.ArgumentParser:
                       "run to continue (by default an interrupted copy resumes when run again; "
                       "upload sessions are recorded in $OCIFLOW_STATE_DIR or "
                       "~/.local/state/ociflow)")
+    sign_in = argparse.ArgumentParser(add_help=False)
+    sign_in.add_argument("--creds", metavar="USER:PASSWORD", type=_credentials,
+                         help="credentials for the registry")
+    sign_in.add_argument("--azure", action="store_true",
+                         help="sign in with Azure AD (Azure Container Registry)")
+    for name, arg, meta, what in (
+        ("catalog", "registry", "REGISTRY", "list the repositories of a registry"),
+        ("tags", "repository", "REGISTRY/REPO", "list the tags of a repository"),
+        ("inspect", "reference", "REGISTRY/REPO[:TAG|@DIGEST]",
+         "print a manifest's digest, media type, size and content"),
+        ("delete", "reference", "REGISTRY/REPO[:TAG|@DIGEST]",
+         "delete a manifest (a tag is resolved to its digest: every tag on it goes too)"),
+    ):
+        command = commands.add_parser(name, parents=[common, sign_in], help=what,
+                                      description=what[0].upper() + what[1:] + ".")
+        command.add_argument(arg, metavar=meta)
+        if name in ("catalog", "tags"):
+            command.add_argument("--page-size", metavar="N", type=_positive,
+                                 help="entries asked for per request (the registry's default)")
+        if name == "inspect":
+            command.add_argument("--raw", action="store_true",
+                                 help="print the manifest's exact bytes only")
     bench = commands.add_parser(
         "bench",
-        parents=[common],
+        parents=[common, sign_in],
         help="measure a registry: push, pull and verify random blobs, then delete them",
         description="Push random blobs to REGISTRY/REPO, pull them back and verify them, "
         "measure HEAD and small-blob request rates, and delete every blob created (any that "
         "cannot be deleted are listed).",
     )
     bench.add_argument("repository", metavar="REGISTRY/REPO")
-    bench.add_argument("--creds", metavar="USER:PASSWORD", type=_credentials,
-                       help="credentials for the registry")
     bench.add_argument("--size", type=_byte_size, default="256MiB",
                        help="size of each blob, e.g. 64MiB, 1GiB (default 256MiB)")
     bench.add_argument("--blobs", type=_positive, default=1, help="number of blobs (default 1)")
@@ -216,7 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.debug:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _bench(args) if args.command == "bench" else _copy(args)
+        if args.command == "copy":
+            return _copy(args)
+        if args.command == "bench":
+            return _bench(args)
+        from ociflow.cli_manage import manage
+
+        return manage(args, _http_options(args))
     except KeyboardInterrupt:
         again = "" if getattr(args, "resume", True) is False else (
             "; run the same command again to continue"
@@ -252,7 +278,7 @@ def _http_options(args: argparse.Namespace) -> HttpOptions:
         retry=RetryPolicy.with_retries(args.retries, max_wait=args.retry_max_wait),
         stall_timeout=args.stall_timeout,
         auth_file=args.authfile,
-        credentials=getattr(args, "creds", None),
+        credentials=_sign_in(getattr(args, "creds", None), getattr(args, "azure", False), "-"),
     )
     transfer = {
         name: value

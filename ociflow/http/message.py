@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Protocol
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from ociflow.closing import AsyncClosing
 from ociflow.http.errors import transport_error
 
 Body = bytes | AsyncIterable[bytes] | None
@@ -41,7 +41,7 @@ class Request:
         return self.body is None or isinstance(self.body, bytes)
 
 
-class Response:
+class Response(AsyncClosing):
     """A response whose body has not been read yet; call :meth:`release` (or use ``async with``).
 
     ``url`` is the URL of the request that produced it (what a relative ``Location`` resolves
@@ -109,15 +109,8 @@ class Response:
         """Give the connection back (or close it, when the body was not read to the end)."""
         self._raw.release()
 
-    async def __aenter__(self) -> Response:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
+        """:meth:`release`, for ``async with``."""
         self.release()
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 import aiohttp
 
+from ociflow.closing import AsyncClosing
 from ociflow.http.auth import CredentialSource
 from ociflow.http.client import RegistryClient
 from ociflow.http.credentials import AzureAD, Credentials
@@ -79,7 +79,7 @@ class AiohttpTransport:
         return Response(raw, request)
 
 
-class Session:
+class Session(AsyncClosing):
     """The HTTP state of one copy: one connection pool, one client per registry.
 
     Use as ``async with Session(options, jobs=jobs) as session``. The pool holds enough
@@ -182,14 +182,3 @@ class Session:
         if self._client_session is not None:
             session, self._client_session = self._client_session, None
             await session.close()
-
-    async def __aenter__(self) -> Session:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
