@@ -59,10 +59,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="upload blobs larger than SIZE in chunks of SIZE, raised to what the "
                       "registry asks for (default: blobs of 256MiB and more, in chunks of "
                       "64MiB); a chunked upload can be resumed after a crash")
-    copy.add_argument("--src-creds", metavar="USER:PASSWORD", type=_credentials,
-                      help="credentials for the source registry")
-    copy.add_argument("--dest-creds", metavar="USER:PASSWORD", type=_credentials,
-                      help="credentials for the destination registry")
+    copy.add_argument("--src-creds", metavar="USER[:PASSWORD]", type=_credentials,
+                      help="credentials for the source registry (without the password: it is "
+                           "asked for on a terminal, else read from standard input)")
+    copy.add_argument("--dest-creds", metavar="USER[:PASSWORD]", type=_credentials,
+                      help="credentials for the destination registry (as --src-creds)")
     copy.add_argument("--src-azure", action="store_true",
                       help="sign in to the source registry (Azure Container Registry) with "
                            "Azure AD (azure-identity's DefaultAzureCredential)")
@@ -74,8 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                       "upload sessions are recorded in $OCIFLOW_STATE_DIR or "
                       "~/.local/state/ociflow)")
     sign_in = argparse.ArgumentParser(add_help=False)
-    sign_in.add_argument("--creds", metavar="USER:PASSWORD", type=_credentials,
-                         help="credentials for the registry")
+    sign_in.add_argument("--creds", metavar="USER[:PASSWORD]", type=_credentials,
+                         help="credentials for the registry (without the password: it is "
+                              "asked for on a terminal, else read from standard input)")
     sign_in.add_argument("--azure", action="store_true",
                          help="sign in with Azure AD (Azure Container Registry)")
     for name, arg, meta, what in (
@@ -175,13 +177,35 @@ def _sign_in(creds: Credentials | None, azure: bool, side: str) -> Credentials |
 
 
 def _credentials(text: str) -> Credentials:
+    """``USER:PASSWORD``, or ``USER`` alone: the password is then asked for on a terminal, or
+    read from the first line of standard input (so that it never shows in ``ps``)."""
     from ociflow.http.credentials import Credentials
 
+    if ":" not in text and text:
+        return Credentials(username=text, password=_read_password(text))
     try:
         return Credentials.parse(text)
     except ValueError:
         # Never echo the argument back: it holds a password.
-        raise argparse.ArgumentTypeError("expected USER:PASSWORD") from None
+        raise argparse.ArgumentTypeError("expected USER[:PASSWORD]") from None
+
+
+_stdin_read = False
+
+
+def _read_password(user: str) -> str:
+    global _stdin_read
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"Password for {user}: ")
+    if _stdin_read:
+        raise argparse.ArgumentTypeError("only one password can be read from standard input")
+    _stdin_read = True
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise argparse.ArgumentTypeError(f"no password for {user} on standard input")
+    return password
 
 
 def _non_negative(text: str) -> int:
@@ -229,6 +253,8 @@ def run() -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (also used by the console script)."""
+    global _stdin_read
+    _stdin_read = False
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help(sys.stderr)

@@ -671,3 +671,18 @@ async def _serve(app: web.Application) -> AsyncGenerator[int, None]:
         yield server.port
     finally:
         await server.close()
+
+
+def test_cli_reads_a_missing_password_from_standard_input(
+    token_reg: RegistryServer, tokens: TokenServer, sample_layout: Path, repo: str,
+) -> None:
+    """``--dest-creds USER``: the password comes from stdin (never from the command line)."""
+    args = [sys.executable, "-m", "ociflow", "copy", "-q", "--dest-creds", "alice",
+            f"oci:{sample_layout}:1.0", f"docker://{token_reg.address}/{repo}:1"]
+    done = subprocess.run(args, input=ALICE.password + "\n", capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert {e.user for e in tokens.journal()} == {"alice"}
+    both = subprocess.run([*args[:5], "--src-creds", "bob", *args[5:]], input="x\ny\n",
+                          capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and "only one password" in both.stderr
