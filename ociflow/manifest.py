@@ -54,6 +54,15 @@ class Manifest:
         return config + self.layers + self.manifests
 
 
+def check_manifest_size(desc: Descriptor, context: str) -> None:
+    """Refuse a manifest descriptor over :data:`MAX_MANIFEST_SIZE` before anything is read."""
+    if desc.size > MAX_MANIFEST_SIZE:
+        raise InvalidManifestError(
+            f"{context}: manifest {desc.digest} of {desc.size} bytes exceeds the "
+            f"{MAX_MANIFEST_SIZE}-byte cap"
+        )
+
+
 def parse_manifest(data: bytes, media_type: str | None = None) -> Manifest:
     """Parse ``data``; ``media_type`` is the type it was served or described as, if known."""
     if len(data) > MAX_MANIFEST_SIZE:

@@ -78,14 +78,16 @@ class RegistryReference:
 
 @dataclass(frozen=True, slots=True)
 class LayoutReference:
-    """``oci:PATH[:TAG|@DIGEST]``: an OCI image layout directory and an entry in its index."""
+    """``oci:PATH[:TAG|@DIGEST]``: an OCI image layout directory and an entry in its index;
+    with ``archive``, ``oci-archive:PATH[...]``: the same layout in a tar file."""
 
     path: str
     tag: str | None = None
     digest: Digest | None = None
+    archive: bool = False
 
     def __str__(self) -> str:
-        text = f"oci:{self.path}"
+        text = f"{'oci-archive' if self.archive else 'oci'}:{self.path}"
         if self.tag:
             text += f":{self.tag}"
         if self.digest:
@@ -104,8 +106,10 @@ def parse_reference(text: str) -> Reference:
         return parse_docker_reference(text[len("docker://") :])
     if text.startswith("oci:"):
         return parse_layout_reference(text[len("oci:") :])
+    if text.startswith("oci-archive:"):
+        return parse_layout_reference(text[len("oci-archive:") :], archive=True)
     scheme = text.split(":", 1)[0]
-    if "://" in text or scheme in ("docker-archive", "oci-archive", "dir", "docker-daemon"):
+    if "://" in text or scheme in ("docker-archive", "dir", "docker-daemon"):
         raise InvalidReferenceError(f"unsupported transport in reference {text!r}")
     return parse_docker_reference(text)
 
@@ -152,8 +156,9 @@ def parse_docker_reference(text: str) -> RegistryReference:
     return RegistryReference(registry, repository, tag, digest)
 
 
-def parse_layout_reference(text: str) -> LayoutReference:
+def parse_layout_reference(text: str, *, archive: bool = False) -> LayoutReference:
     """Parse ``PATH[:TAG]`` or ``PATH@DIGEST`` (the path itself holds no ``:``, as in skopeo)."""
+    prefix = "oci-archive" if archive else "oci"
     original = text
     digest: Digest | None = None
     tag: str | None = None
@@ -163,10 +168,10 @@ def parse_layout_reference(text: str) -> LayoutReference:
     elif ":" in text:
         text, _, tag = text.partition(":")
         if not tag or not _REF_NAME.fullmatch(tag):
-            raise InvalidReferenceError(f"invalid layout tag {tag!r} in oci:{original}")
+            raise InvalidReferenceError(f"invalid layout tag {tag!r} in {prefix}:{original}")
     if not text:
-        raise InvalidReferenceError(f"oci:{original}: no layout path")
-    return LayoutReference(text, tag, digest)
+        raise InvalidReferenceError(f"{prefix}:{original}: no layout path")
+    return LayoutReference(text, tag, digest, archive)
 
 
 def is_valid_ref_name(name: str) -> bool:

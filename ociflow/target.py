@@ -162,6 +162,10 @@ def _open(
     sessions: SessionStore | None = None,
 ) -> Source | Destination:
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
+    if isinstance(parsed, LayoutReference) and parsed.archive:
+        from ociflow.targets.archive import OciArchiveReader, OciArchiveWriter
+
+        return OciArchiveReader(parsed) if source else OciArchiveWriter(parsed)
     if isinstance(parsed, LayoutReference):
         from ociflow.targets.layout import LayoutTarget
 

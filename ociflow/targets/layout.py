@@ -63,7 +63,7 @@ from ociflow.errors import (
     RegistryError,
     TransportError,
 )
-from ociflow.manifest import MAX_MANIFEST_SIZE, Manifest, parse_manifest
+from ociflow.manifest import MAX_MANIFEST_SIZE, Manifest, check_manifest_size, parse_manifest
 from ociflow.reference import LayoutReference, Reference, is_valid_ref_name
 from ociflow.target import (
     CHUNK_SIZE,
@@ -182,16 +182,12 @@ class LayoutTarget:
     async def resolve(self) -> Descriptor:
         """The index.json entry named by the reference: by digest, else tag, else the only one."""
         index = await asyncio.to_thread(self._guard("reading the layout", self._read_layout))
-        return _without_names(self._select(index.manifests))
+        return without_names(select_entry(self._ref, index.manifests))
 
     async def fetch_manifest(self, desc: Descriptor) -> bytes:
         """The verified bytes of the manifest blob ``desc`` (at most MAX_MANIFEST_SIZE)."""
         digest = Digest(desc.digest)
-        if desc.size > MAX_MANIFEST_SIZE:
-            raise InvalidManifestError(
-                f"{self._where}: manifest {digest} of {desc.size} bytes exceeds the "
-                f"{MAX_MANIFEST_SIZE}-byte cap"
-            )
+        check_manifest_size(desc, self._where)
         read = self._guard(f"reading manifest {digest}", self._read_manifest)
         return await asyncio.to_thread(read, digest, desc.size)
 
@@ -390,37 +386,6 @@ class LayoutTarget:
             os.close(fd)
         verify_bytes(data, digest, size, f"{self._where}: manifest")
         return data
-
-    def _select(self, entries: tuple[Descriptor, ...]) -> Descriptor:
-        ref = self._ref
-        if ref.digest is not None:
-            for entry in entries:
-                if entry.digest == ref.digest:
-                    return entry
-            raise NotFoundError(f"{ref}: manifest {ref.digest} is not listed in {INDEX_FILE}")
-        if ref.tag is not None:
-            matches = [e for e in entries if _annotation(e, REF_NAME) == ref.tag] or [
-                e
-                for e in entries
-                if (_annotation(e, CONTAINERD_NAME) or "").endswith(f":{ref.tag}")
-            ]
-            if not matches:
-                raise NotFoundError(
-                    f"{ref}: tag not found in the layout (available: {_tags(entries)})"
-                )
-            if len({m.digest for m in matches}) > 1:
-                raise LayoutError(
-                    f"{ref}: the tag names {len(matches)} different manifests in {INDEX_FILE}"
-                )
-            return matches[0]
-        if len(entries) == 1:
-            return entries[0]
-        if not entries:
-            raise NotFoundError(f"{ref}: the layout's {INDEX_FILE} lists no images")
-        raise NotFoundError(
-            f"{ref}: the layout holds {len(entries)} images; name one with :TAG or @DIGEST "
-            f"(available: {_tags(entries)})"
-        )
 
     # ---- writing (worker threads) ------------------------------------------------------------
 
@@ -802,7 +767,39 @@ def _tags(entries: tuple[Descriptor, ...]) -> str:
     return ", ".join(names) or "none"
 
 
-def _without_names(desc: Descriptor) -> Descriptor:
+def select_entry(ref: LayoutReference, entries: tuple[Descriptor, ...]) -> Descriptor:
+    """The ``index.json`` entry ``ref`` names: by digest, else by tag, else the only one."""
+    if ref.digest is not None:
+        for entry in entries:
+            if entry.digest == ref.digest:
+                return entry
+        raise NotFoundError(f"{ref}: manifest {ref.digest} is not listed in {INDEX_FILE}")
+    if ref.tag is not None:
+        matches = [e for e in entries if _annotation(e, REF_NAME) == ref.tag] or [
+            e
+            for e in entries
+            if (_annotation(e, CONTAINERD_NAME) or "").endswith(f":{ref.tag}")
+        ]
+        if not matches:
+            raise NotFoundError(
+                f"{ref}: tag not found in the layout (available: {_tags(entries)})"
+            )
+        if len({m.digest for m in matches}) > 1:
+            raise LayoutError(
+                f"{ref}: the tag names {len(matches)} different manifests in {INDEX_FILE}"
+            )
+        return matches[0]
+    if len(entries) == 1:
+        return entries[0]
+    if not entries:
+        raise NotFoundError(f"{ref}: the layout's {INDEX_FILE} lists no images")
+    raise NotFoundError(
+        f"{ref}: the layout holds {len(entries)} images; name one with :TAG or @DIGEST "
+        f"(available: {_tags(entries)})"
+    )
+
+
+def without_names(desc: Descriptor) -> Descriptor:
     """The entry without the layout-local name annotations (they name it only in this index)."""
     if not desc.annotations:
         return desc

@@ -27,7 +27,7 @@ from ociflow.errors import (
 from ociflow.http.client import RegistryClient
 from ociflow.http.errors import error_from_response
 from ociflow.http.message import Response
-from ociflow.manifest import MAX_MANIFEST_SIZE, parse_manifest
+from ociflow.manifest import MAX_MANIFEST_SIZE, check_manifest_size, parse_manifest
 from ociflow.reference import DEFAULT_TAG, TAG_PATTERN, Reference, RegistryReference
 from ociflow.target import BlobStream, Capabilities, Opener, Source
 from ociflow.targets.blob_download import download_blob
@@ -131,11 +131,7 @@ class RegistryTarget:
         if root is not None and root[0].digest == desc.digest and root[0].size == desc.size:
             return root[1]  # fetched by resolve(); no second GET
         context = self._context(f"fetching manifest {desc.digest}")
-        if desc.size > MAX_MANIFEST_SIZE:
-            raise InvalidManifestError(
-                f"{context}: manifest of {desc.size} bytes exceeds the "
-                f"{MAX_MANIFEST_SIZE}-byte cap"
-            )
+        check_manifest_size(desc, self._context("fetching manifest"))
         response = await self.client.send(
             "GET",
             self._path("manifests", desc.digest),

@@ -1,0 +1,382 @@
+"""OCI image layouts in a tar file: ``oci-archive:PATH[:TAG|@DIGEST]``, as skopeo names them.
+
+*Writing* (:class:`OciArchiveWriter`, a Destination). A tar file is one stream, so entries are
+written one at a time (``concurrent_writes`` is false, and a lock orders them): ``oci-layout``,
+then each blob and manifest as it is pushed — its header carries the descriptor's size, its
+body streams from the engine's verified stream, whose last chunk comes only once the digest
+checked out — then ``index.json`` and the end-of-archive blocks. Headers have fixed owners,
+modes and times, so the same image gives the same archive. The tar is written to a temporary
+file beside PATH, fsync'd, and renamed over PATH only when complete: a failed or interrupted
+copy leaves PATH as it was and removes the temporary file. An entry that fails half-way (a
+blob that does not verify) is cut off again, so the engine's one re-fetch can write it anew.
+A tar stream cannot be continued after a crash, so an interrupted write is not resumable.
+
+*Reading* (:class:`OciArchiveReader`, a Source). The archive (a plain tar, as skopeo and umoci
+write; a compressed one is refused with a clear error) is indexed once: member names must be
+relative and free of ``..``, the layout's files must be regular files listed once, and their
+data must lie inside the file. Manifests and blobs are then read where they lie (``pread`` in a
+worker thread), never extracted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tarfile
+import uuid
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ociflow import mediatypes
+from ociflow.descriptor import Descriptor
+from ociflow.digest import Digest, verify_bytes
+from ociflow.errors import DigestMismatchError, InvalidManifestError, LayoutError, NotFoundError
+from ociflow.manifest import check_manifest_size, parse_manifest
+from ociflow.reference import LayoutReference, Reference
+from ociflow.target import CHUNK_SIZE, Capabilities, Opener
+from ociflow.targets import fsutil
+from ociflow.targets.layout import (
+    INDEX_FILE,
+    LAYOUT_VERSION,
+    MAX_INDEX_SIZE,
+    OCI_LAYOUT_FILE,
+    REF_NAME,
+    select_entry,
+    without_names,
+)
+
+BLOCK = tarfile.BLOCKSIZE
+_LAYOUT_JSON = json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
+
+
+def _header(name: str, size: int, *, directory: bool = False) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = 0 if directory else size
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = 0o755 if directory else 0o644
+    info.mtime = 0
+    return info.tobuf(tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % BLOCK)
+
+
+def _blob_name(digest: Digest) -> str:
+    return f"blobs/{digest.algorithm}/{digest.encoded}"
+
+
+async def _single(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
+
+
+class OciArchiveWriter:
+    """Writes one image (or index) into a new OCI archive at ``reference.path``."""
+
+    capabilities = Capabilities(concurrent_writes=False)
+
+    def __init__(self, reference: LayoutReference) -> None:
+        self._ref = reference
+        self._path = Path(reference.path)
+        self._where = str(LayoutReference(reference.path, archive=True))
+        self._fd: int | None = None
+        self._temp: Path | None = None
+        self._lock = asyncio.Lock()
+        self._written: set[str] = set()
+        self._dirs: set[str] = set()
+        self._failed = False
+        self._committed = False
+
+    @property
+    def reference(self) -> Reference:
+        return self._ref
+
+    def __repr__(self) -> str:
+        return f"OciArchiveWriter({self._where!r})"
+
+    async def exists(self, desc: Descriptor) -> bool:
+        """Whether this archive already holds ``desc`` (only what this copy wrote: the archive
+        is new)."""
+        return str(desc.digest) in self._written
+
+    async def mount(self, desc: Descriptor, source: object) -> bool:
+        return False
+
+    async def push_blob(self, desc: Descriptor, open_stream: Opener) -> None:
+        async with self._lock:
+            if str(desc.digest) not in self._written:
+                await self._entry(desc, open_stream())
+
+    async def push_manifest(self, desc: Descriptor, data: bytes) -> None:
+        verify_bytes(data, desc.digest, desc.size, f"{self._where}: manifest")
+        async with self._lock:
+            if str(desc.digest) not in self._written:
+                await self._entry(desc, _single(data))
+
+    async def push_root(self, desc: Descriptor, data: bytes, tag: str | None) -> None:
+        """Write the root manifest, ``index.json`` naming it (as ``tag``), and finish."""
+        await self.push_manifest(desc, data)
+        entry = desc.to_json()
+        if tag is not None:
+            entry["annotations"] = {**entry.get("annotations", {}), REF_NAME: tag}
+        index = json.dumps(
+            {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": [entry]},
+            separators=(",", ":"),
+        ).encode()
+        async with self._lock:
+            fd = await self._open()
+            await self._guarded(self._finish, fd, index)
+            self._committed = True
+
+    async def close(self) -> None:
+        """Remove the temporary file of an archive that was not finished."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        if not self._committed and self._temp is not None:
+            self._temp.unlink(missing_ok=True)
+
+    # -- the tar stream ------------------------------------------------------------------
+
+    async def _open(self) -> int:
+        if self._failed:
+            raise LayoutError(f"{self._where}: an earlier write failed; the archive is abandoned")
+        if self._fd is None:
+            await self._guarded(self._create)
+        assert self._fd is not None
+        return self._fd
+
+    def _create(self) -> None:
+        parent = self._path.parent
+        if not parent.is_dir():
+            raise LayoutError(f"{self._where}: the directory {parent} does not exist")
+        if self._path.is_dir():
+            raise LayoutError(f"{self._where}: is a directory, not an archive")
+        temp = parent / f".{self._path.name}.{uuid.uuid4().hex[:12]}.ociflow-tmp"
+        self._fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._temp = temp
+        fsutil.write_all(self._fd, _header(OCI_LAYOUT_FILE, len(_LAYOUT_JSON)) + _LAYOUT_JSON
+                         + _padding(len(_LAYOUT_JSON)) + _header("blobs", 0, directory=True))
+
+    async def _entry(self, desc: Descriptor, chunks: AsyncGenerator[bytes, None]) -> None:
+        fd = await self._open()
+        digest = Digest(desc.digest)
+        start = os.lseek(fd, 0, os.SEEK_CUR)
+        new_dir = digest.algorithm not in self._dirs
+        head = _header(f"blobs/{digest.algorithm}", 0, directory=True) if new_dir else b""
+        head += _header(_blob_name(digest), desc.size)
+        loop = asyncio.get_running_loop()
+        written = 0
+        inflight: asyncio.Future[None] = loop.run_in_executor(None, fsutil.write_all, fd, head)
+        try:
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    written += len(chunk)
+                    if written > desc.size:
+                        raise DigestMismatchError(
+                            f"{self._where}: blob {digest}: more than the expected "
+                            f"{desc.size} bytes"
+                        )
+                    await inflight
+                    inflight = loop.run_in_executor(None, fsutil.write_all, fd, chunk)
+            await inflight
+            if written != desc.size:
+                raise DigestMismatchError(
+                    f"{self._where}: blob {digest}: size mismatch, expected {desc.size} "
+                    f"bytes, received {written}"
+                )
+            await self._guarded(fsutil.write_all, fd, _padding(desc.size))
+        except BaseException:
+            # Cut the stream back to where this entry began, so that the entry can be written
+            # again (the engine re-fetches a blob that failed verification once) or the next
+            # one follows a whole entry. A write still running in a worker thread ends first.
+            if not inflight.done():
+                await asyncio.wait({inflight})
+            try:
+                os.ftruncate(fd, start)
+                os.lseek(fd, start, os.SEEK_SET)
+            except OSError:
+                self._failed = True
+            raise
+        if new_dir:
+            self._dirs.add(digest.algorithm)
+        self._written.add(str(digest))
+
+    def _finish(self, fd: int, index: bytes) -> None:
+        fsutil.write_all(fd, _header(INDEX_FILE, len(index)) + index + _padding(len(index))
+                         + b"\0" * (2 * BLOCK))
+        os.fsync(fd)
+        os.close(fd)
+        self._fd = None
+        assert self._temp is not None
+        os.replace(self._temp, self._path)
+        dir_fd = os.open(self._path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    async def _guarded(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except OSError as exc:
+            self._failed = True
+            raise LayoutError(f"{self._where}: writing the archive: "
+                              f"{exc.strerror or exc}") from None
+
+
+@dataclass(frozen=True)
+class _Member:
+    offset: int
+    size: int
+    regular: bool
+
+
+class OciArchiveReader:
+    """Reads the image or index that ``reference`` names from an OCI archive."""
+
+    def __init__(self, reference: LayoutReference) -> None:
+        self._ref = reference
+        self._where = str(LayoutReference(reference.path, archive=True))
+        self._fd: int | None = None
+        self._members: dict[str, _Member] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def reference(self) -> Reference:
+        return self._ref
+
+    def __repr__(self) -> str:
+        return f"OciArchiveReader({self._where!r})"
+
+    async def resolve(self) -> Descriptor:
+        await self._index()
+        layout = await asyncio.to_thread(self._read, OCI_LAYOUT_FILE, 4096)
+        try:
+            version = json.loads(layout).get("imageLayoutVersion")
+        except (ValueError, AttributeError, RecursionError):
+            version = None
+        if not isinstance(version, str) or version.split(".")[0] != "1":
+            raise LayoutError(f"{self._where}: invalid {OCI_LAYOUT_FILE}")
+        data = await asyncio.to_thread(self._read, INDEX_FILE, MAX_INDEX_SIZE)
+        try:
+            index = parse_manifest(data, mediatypes.OCI_INDEX)
+        except InvalidManifestError as exc:
+            raise LayoutError(f"{self._where}: invalid {INDEX_FILE}: {exc}") from None
+        return without_names(select_entry(self._ref, index.manifests))
+
+    async def fetch_manifest(self, desc: Descriptor) -> bytes:
+        digest = Digest(desc.digest)
+        check_manifest_size(desc, self._where)
+        await self._index()
+        self._sized(digest, desc.size, "manifest")
+        data = await asyncio.to_thread(self._read, _blob_name(digest), desc.size)
+        verify_bytes(data, digest, desc.size, f"{self._where}: manifest")
+        return data
+
+    async def fetch_blob(
+        self, desc: Descriptor, *, offset: int = 0
+    ) -> AsyncGenerator[bytes, None]:
+        """The blob's bytes from ``offset`` on, read where they lie in the archive."""
+        digest = Digest(desc.digest)
+        if not 0 <= offset <= desc.size:
+            raise ValueError(f"offset {offset} outside the blob's {desc.size} bytes")
+        await self._index()
+        member = self._sized(digest, desc.size, "blob")
+        assert self._fd is not None
+        fd = self._fd
+        position, end = member.offset + offset, member.offset + member.size
+        while position < end:
+            chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK_SIZE, end - position),
+                                            position)
+            if not chunk:
+                raise LayoutError(f"{self._where}: blob {digest}: the archive ends early")
+            position += len(chunk)
+            yield chunk
+
+    async def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    # -- the index of members ------------------------------------------------------------
+
+    async def _index(self) -> None:
+        async with self._lock:
+            if self._members is None:
+                self._members = await asyncio.to_thread(self._scan)
+
+    def _scan(self) -> dict[str, _Member]:
+        try:
+            fd = os.open(self._ref.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise LayoutError(f"{self._where}: no such archive") from None
+        except OSError as exc:
+            raise LayoutError(f"{self._where}: {exc.strerror or exc}") from None
+        self._fd = fd
+        size = os.fstat(fd).st_size
+        magic = os.pread(fd, 6, 0)
+        if magic.startswith((b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"BZh", b"\xfd7zXZ")):
+            raise LayoutError(f"{self._where}: a compressed archive; decompress it first")
+        members: dict[str, _Member] = {}
+        try:
+            with os.fdopen(os.dup(fd), "rb") as file, tarfile.open(fileobj=file, mode="r:") as tar:
+                for info in tar:
+                    name = _member_name(info.name, self._where)
+                    if name is None:
+                        continue
+                    if name in members and _is_layout_file(name):
+                        raise LayoutError(f"{self._where}: {name} appears twice in the archive")
+                    if info.offset_data + info.size > size:
+                        raise LayoutError(f"{self._where}: {name} lies past the archive's end")
+                    regular = info.isreg() and not info.issparse()
+                    members[name] = _Member(info.offset_data, info.size, regular)
+        except tarfile.TarError as exc:
+            raise LayoutError(f"{self._where}: not a readable tar archive ({exc})") from None
+        return members
+
+    def _member(self, name: str, what: str) -> _Member:
+        assert self._members is not None
+        member = self._members.get(name)
+        if member is None:
+            raise NotFoundError(f"{self._where}: {what} not found in the archive")
+        if not member.regular:
+            raise LayoutError(f"{self._where}: {name} is not a regular file")
+        return member
+
+    def _sized(self, digest: Digest, size: int, what: str) -> _Member:
+        member = self._member(_blob_name(digest), f"{what} {digest}")
+        if member.size != size:
+            raise DigestMismatchError(
+                f"{self._where}: {what} {digest}: size mismatch, expected {size} bytes, the "
+                f"archive holds {member.size}"
+            )
+        return member
+
+    def _read(self, name: str, limit: int) -> bytes:
+        member = self._member(name, name)
+        if member.size > limit:
+            raise LayoutError(f"{self._where}: {name} is larger than {limit} bytes")
+        assert self._fd is not None
+        data = os.pread(self._fd, member.size, member.offset)
+        if len(data) != member.size:
+            raise LayoutError(f"{self._where}: {name}: the archive ends early")
+        return data
+
+
+def _member_name(raw: str, where: str) -> str | None:
+    """The layout path of a member (``./`` dropped); None for the root directory. A name that
+    is absolute or climbs out with ``..`` makes the archive unsafe to read."""
+    path = PurePosixPath(raw)
+    if path.is_absolute() or ".." in path.parts:
+        raise LayoutError(f"{where}: unsafe member name {raw[:120]!r} in the archive")
+    name = str(path)
+    return None if name in (".", "") else name
+
+
+def _is_layout_file(name: str) -> bool:
+    return name in (OCI_LAYOUT_FILE, INDEX_FILE) or name.startswith("blobs/")

@@ -1,0 +1,202 @@
+"""``oci-archive:`` targets: OCI layouts in a tar file, written and read by ociflow and checked
+with skopeo; what a failed write leaves (nothing) and what a bad archive gets (a clear error)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import ociflow
+from ociflow.errors import DigestMismatchError, LayoutError, NotFoundError
+from ociflow.reference import LayoutReference, parse_reference
+from tests.fault_proxy import Fault, FaultProxy
+from tests.registry_server import RegistryServer
+from tests.test_copy_errors import corrupt_copy
+
+pytestmark = pytest.mark.integration
+
+
+def root_digest(layout: Path, tag: str) -> str:
+    index = json.loads((layout / "index.json").read_text())
+    return str(next(e["digest"] for e in index["manifests"]
+                    if e.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag))
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if "ociflow-tmp" in p.name)
+
+
+def test_reference_grammar() -> None:
+    ref = parse_reference("oci-archive:/tmp/a.tar:v1")
+    assert ref == LayoutReference("/tmp/a.tar", "v1", None, archive=True)
+    assert str(ref) == "oci-archive:/tmp/a.tar:v1"
+
+
+async def test_written_archive_is_read_by_skopeo_and_by_ociflow(
+    sample_layout: Path, tmp_path: Path, skopeo: str
+) -> None:
+    archive = tmp_path / "sample.tar"
+    result = await ociflow.copy(f"oci:{sample_layout}:1.0", f"oci-archive:{archive}:1.0")
+    assert result.digest == root_digest(sample_layout, "1.0")
+    assert leftovers(tmp_path) == []
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert names[0] == "oci-layout" and names[-1] == "index.json"
+    subprocess.run([skopeo, "copy", "--all", f"oci-archive:{archive}:1.0",
+                    f"oci:{tmp_path / 'by-skopeo'}:1.0"], check=True, capture_output=True)
+    assert root_digest(tmp_path / "by-skopeo", "1.0") == result.digest
+    back = tmp_path / "back"
+    await ociflow.copy(f"oci-archive:{archive}:1.0", f"oci:{back}:1.0")
+    assert root_digest(back, "1.0") == result.digest
+    for blob in (sample_layout / "blobs" / "sha256").iterdir():
+        assert (back / "blobs" / "sha256" / blob.name).read_bytes() == blob.read_bytes()
+    # the same image gives the same archive, byte for byte
+    again = tmp_path / "again.tar"
+    await ociflow.copy(f"oci:{sample_layout}:1.0", f"oci-archive:{again}:1.0")
+    assert again.read_bytes() == archive.read_bytes()
+
+
+async def test_archive_written_by_skopeo_is_read(
+    sample_layout: Path, tmp_path: Path, skopeo: str
+) -> None:
+    archive = tmp_path / "skopeo.tar"
+    subprocess.run([skopeo, "copy", "--all", f"oci:{sample_layout}:1.0",
+                    f"oci-archive:{archive}:1.0"], check=True, capture_output=True)
+    out = tmp_path / "out"
+    result = await ociflow.copy(f"oci-archive:{archive}", f"oci:{out}:1.0")
+    assert result.digest == root_digest(sample_layout, "1.0")
+
+
+async def test_registry_round_trip_and_platform(
+    registry: RegistryServer, sample_layout: Path, tmp_path: Path, repo: str
+) -> None:
+    await ociflow.copy(f"oci:{sample_layout}:1.0", f"docker://{registry.address}/{repo}:1.0")
+    archive = tmp_path / "arm.tar"
+    single = await ociflow.copy(f"docker://{registry.address}/{repo}:1.0",
+                                f"oci-archive:{archive}:arm", platform="linux/arm64")
+    pushed = await ociflow.copy(f"oci-archive:{archive}:arm",
+                                f"docker://{registry.address}/{repo}:arm")
+    assert pushed.digest == single.digest
+
+
+async def test_failed_write_leaves_nothing_and_keeps_the_old_archive(
+    sample_layout: Path, tmp_path: Path
+) -> None:
+    src, _ = corrupt_copy(sample_layout, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    archive = out / "image.tar"
+    with pytest.raises(DigestMismatchError):
+        await ociflow.copy(f"oci:{src}:1.0", f"oci-archive:{archive}:1.0")
+    assert list(out.iterdir()) == []
+    archive.write_bytes(b"the old archive")
+    with pytest.raises(DigestMismatchError):
+        await ociflow.copy(f"oci:{src}:1.0", f"oci-archive:{archive}:1.0")
+    assert archive.read_bytes() == b"the old archive" and leftovers(out) == []
+
+
+async def test_cancelled_write_leaves_nothing(
+    registry: RegistryServer, tmp_path: Path, repo: str
+) -> None:
+    layout = tmp_path / "big"
+    from bench_data.generate import generate
+
+    generate("big", layout, big_mib=8, tag="1")
+    await ociflow.copy(f"oci:{layout}:1", f"docker://{registry.address}/{repo}:1")
+    async with FaultProxy(registry.url) as proxy:
+        proxy.add("GET", "/blobs/", Fault(throttle=2 * 1024 * 1024))
+        out = tmp_path / "out"
+        out.mkdir()
+        task = asyncio.create_task(
+            ociflow.copy(f"docker://{proxy.address}/{repo}:1", f"oci-archive:{out}/x.tar:1"))
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if any(p.name.endswith("ociflow-tmp") and p.stat().st_size > 1 << 20
+                   for p in out.iterdir()):
+                break
+        task.cancel()
+        with pytest.raises(ociflow.CancelledTransferError):
+            await task
+    assert list(out.iterdir()) == []
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]], *, symlink: str | None = None
+              ) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if symlink is not None:
+            info = tarfile.TarInfo(symlink)
+            info.type = tarfile.SYMTYPE
+            info.linkname = "/etc/passwd"
+            tar.addfile(info)
+
+
+def layout_members(sample_layout: Path) -> list[tuple[str, bytes]]:
+    members = [("oci-layout", (sample_layout / "oci-layout").read_bytes()),
+               ("index.json", (sample_layout / "index.json").read_bytes())]
+    members += [(f"blobs/sha256/{p.name}", p.read_bytes())
+                for p in sorted((sample_layout / "blobs" / "sha256").iterdir())]
+    return members
+
+
+@pytest.mark.parametrize(
+    ("case", "error", "needle"),
+    [
+        ("gzip", LayoutError, "compressed archive"),
+        ("traversal", LayoutError, "unsafe member name"),
+        ("no-index", NotFoundError, "index.json not found"),
+        ("duplicate", LayoutError, "appears twice"),
+        ("symlink", LayoutError, "not a regular file"),
+        ("truncated", LayoutError, "past the archive's end"),
+        ("missing", LayoutError, "no such archive"),
+        ("wrong-tag", NotFoundError, "available: 1.0"),
+        ("bad-blob", DigestMismatchError, "digest mismatch"),
+    ],
+)
+async def test_bad_archives_are_clear_errors(
+    sample_layout: Path, tmp_path: Path, case: str, error: type[Exception], needle: str
+) -> None:
+    members = layout_members(sample_layout)
+    archive = tmp_path / "bad.tar"
+    blobs = [n for n, _ in members if n.startswith("blobs/")]
+    largest = max(members, key=lambda m: len(m[1]))
+    if case == "gzip":
+        write_tar(archive, members)
+        archive.write_bytes(gzip.compress(archive.read_bytes()))
+    elif case == "traversal":
+        write_tar(archive, [*members, ("../evil", b"x")])
+    elif case == "no-index":
+        write_tar(archive, [m for m in members if m[0] != "index.json"])
+    elif case == "duplicate":
+        write_tar(archive, [*members, ("index.json", b"{}")])
+    elif case == "symlink":
+        write_tar(archive, [m for m in members if m[0] != largest[0]], symlink=largest[0])
+    elif case == "truncated":  # cut in the middle of the largest blob's data
+        write_tar(archive, members)
+        with tarfile.open(archive) as tar:
+            info = tar.getmember(largest[0])
+        archive.write_bytes(archive.read_bytes()[: info.offset_data + info.size // 2])
+    elif case == "bad-blob":
+        flipped = bytearray(largest[1])
+        flipped[len(flipped) // 2] ^= 0xFF
+        write_tar(archive, [(n, bytes(flipped) if n == largest[0] else d) for n, d in members])
+    elif case == "wrong-tag":
+        write_tar(archive, members)
+    assert blobs
+    tag = "nope" if case == "wrong-tag" else "1.0"
+    target = tmp_path / "nothing" if case == "missing" else archive
+    out = tmp_path / "out"
+    with pytest.raises(error, match=needle):
+        await ociflow.copy(f"oci-archive:{target}:{tag}", f"oci:{out}:1.0")
+    if out.exists():
+        assert json.loads((out / "index.json").read_text())["manifests"] == []
