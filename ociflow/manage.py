@@ -34,7 +34,13 @@ from ociflow.targets.registry import RegistryTarget
 
 MAX_PAGES = 10_000
 MAX_PAGE_BYTES = 16 * 1024 * 1024
-_NEXT_LINK = re.compile(r'<([^>]*)>\s*;[^,]*\brel="?next"?', re.IGNORECASE)
+# RFC 8288: link-values separated by commas, each ``<target>`` then ``; name[=value]``
+# parameters whose values may be quoted strings (holding commas and semicolons).
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_LINK_VALUE = re.compile(
+    rf'\s*<([^>]*)>((?:\s*;\s*[^;,=\s]+\s*(?:=\s*(?:{_QUOTED}|[^;,\s]*))?)*)\s*(?:,|$)'
+)
+_PARAM = re.compile(rf';\s*([^;,=\s]+)\s*(?:=\s*({_QUOTED}|[^;,\s]*))?')
 
 
 class Registry(AsyncClosing):
@@ -49,7 +55,8 @@ class Registry(AsyncClosing):
     ) -> None:
         registry = registry.removeprefix("docker://").rstrip("/")
         probe = parse_docker_reference(f"{registry}/x")
-        if probe.repository not in ("x", "library/x"):  # "alpine" would read as docker.io/alpine/x
+        # "alpine" would read as docker.io/alpine/x, "host/path" as a repository path
+        if "/" in registry or probe.repository not in ("x", "library/x"):
             raise InvalidReferenceError(f"{registry!r} is not a registry host")
         self.registry = probe.registry
         base = options or HttpOptions()
@@ -149,13 +156,24 @@ def _page_items(body: bytes, key: str, context: str) -> list[str]:
     return values
 
 
+def next_link(values: list[str]) -> str | None:
+    """The target of the first ``Link`` whose ``rel`` holds the token ``next``."""
+    for value in values:
+        for link in _LINK_VALUE.finditer(value):
+            for name, raw in _PARAM.findall(link.group(2)):
+                if name.lower() != "rel":
+                    continue
+                rel = raw[1:-1].replace('\\"', '"') if raw.startswith('"') else raw
+                if "next" in rel.lower().split():
+                    return link.group(1)
+    return None
+
+
 def _next_page(current: URL, links: list[str], context: str) -> URL | None:
-    for value in links:
-        match = _NEXT_LINK.search(value)
-        if match is None:
-            continue
+    found = next_link(links)
+    if found is not None:
         try:
-            target = current.join(URL(match.group(1), encoded=True))
+            target = current.join(URL(found, encoded=True))
         except ValueError:
             target = None
         if target is None or origin(target) != origin(current):

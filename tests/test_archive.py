@@ -200,3 +200,31 @@ async def test_bad_archives_are_clear_errors(
         await ociflow.copy(f"oci-archive:{target}:{tag}", f"oci:{out}:1.0")
     if out.exists():
         assert json.loads((out / "index.json").read_text())["manifests"] == []
+
+
+async def test_destination_must_be_a_regular_file_and_keeps_its_mode(
+    sample_layout: Path, tmp_path: Path
+) -> None:
+    """A symlink, FIFO or directory at the destination is refused, not replaced; an archive
+    that is replaced keeps its permissions (a private image stays private)."""
+    import os
+
+    (tmp_path / "elsewhere.tar").write_bytes(b"keep")
+    link = tmp_path / "link.tar"
+    link.symlink_to(tmp_path / "elsewhere.tar")
+    fifo = tmp_path / "fifo.tar"
+    os.mkfifo(fifo)
+    for target in (link, fifo, tmp_path):
+        with pytest.raises(LayoutError, match="not a regular file"):
+            await ociflow.copy(f"oci:{sample_layout}:1.0", f"oci-archive:{target}:1.0")
+    assert link.is_symlink() and (tmp_path / "elsewhere.tar").read_bytes() == b"keep"
+    private = tmp_path / "private.tar"
+    private.write_bytes(b"old")
+    private.chmod(0o600)
+    await ociflow.copy(f"oci:{sample_layout}:1.0", f"oci-archive:{private}:1.0")
+    assert private.stat().st_mode & 0o777 == 0o600 and leftovers(tmp_path) == []
+
+
+async def test_a_source_that_is_not_a_regular_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(LayoutError, match="not a regular file"):
+        await ociflow.copy(f"oci-archive:{tmp_path}:1.0", f"oci:{tmp_path / 'out'}:1.0")

@@ -168,3 +168,22 @@ def test_cli_azure_and_password_exclude_each_other(sample_layout: Path) -> None:
 def test_azure_sign_in_does_not_show_its_credential() -> None:
     sign_in = ociflow.AzureAD(credential=FakeAzureCredential("tok-123"), tenant="t-1")
     assert "tok-123" not in repr(sign_in) and "FakeAzureCredential" not in repr(sign_in)
+
+
+async def test_an_aad_token_goes_only_to_an_acr_login_server() -> None:
+    """A registry named by mistake (or on purpose) never sees the AAD token: it would open every
+    registry the identity has a role on."""
+    from yarl import URL
+
+    from ociflow.http.azure import exchange
+    from ociflow.http.message import Request, Response
+
+    class Recorder:
+        async def send(self, request: Request) -> Response:
+            raise AssertionError("nothing may be sent")
+
+    credential = FakeAzureCredential("aad-token")
+    with pytest.raises(AuthenticationError, match="not an Azure Container Registry"):
+        await exchange(ociflow.AzureAD(credential=credential), URL("https://evil.example.com"),
+                       "evil.example.com", Recorder(), "ctx")
+    assert credential.scopes == []

@@ -143,3 +143,30 @@ def test_cli_management_with_credentials(
     deleted = run_cli("delete", "--creds", creds, f"{registry.address}/{repo}:1.0")
     assert deleted.returncode == 0 and "Deleted" in deleted.stdout, deleted.stderr
     assert any(s.endswith(":delete") for e in tokens.journal() for s in e.scopes)
+
+
+@pytest.mark.parametrize(
+    ("header", "target"),
+    [
+        ('</v2/x/tags/list?n=1&last=a>; rel="next"', "/v2/x/tags/list?n=1&last=a"),
+        ('</a>; rel="prev next"', "/a"),
+        ('</b>; rel = "next"', "/b"),
+        ('</c>; title="a, b; c"; rel="next"', "/c"),
+        ('</f>; rel=prev, </g>; rel=next', "/g"),
+        ('</h>; rel=NEXT', "/h"),
+        ('</d>; rel="nextpage"', None),
+        ('</e>; rel=next-archive', None),
+        ('</i>; title="rel=next"', None),
+    ],
+)
+def test_next_page_links_follow_rfc_8288(header: str, target: str | None) -> None:
+    from ociflow.manage import next_link
+
+    assert next_link([header]) == target
+
+
+def test_a_registry_is_a_host_without_a_path() -> None:
+    for text in ("localhost:5000/library", "docker.io/library", "alpine"):
+        with pytest.raises(InvalidReferenceError, match="not a registry host"):
+            Registry(text)
+    assert Registry("docker://localhost:5000/").registry == "localhost:5000"

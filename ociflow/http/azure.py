@@ -22,10 +22,13 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ociflow.errors import AuthenticationError, OciflowError
+from ociflow.http.addresses import is_loopback
 from ociflow.http.credentials import AzureAD, Credentials
 from ociflow.http.message import Handler, Request
 
 API_VERSION = "2021-07-01"
+ACR_SUFFIXES = (".azurecr.io", ".azurecr.cn", ".azurecr.us")
+"""Login servers of Azure Container Registry (public, China and US Government clouds)."""
 MAX_EXCHANGE_RESPONSE = 1024 * 1024
 
 
@@ -33,7 +36,17 @@ async def exchange(
     sign_in: AzureAD, registry: URL, service: str, handler: Handler, context: str
 ) -> Credentials:
     """The ACR refresh token for ``registry`` (its base URL; ``service`` its login server
-    name), as identity-token credentials. ``handler`` sends the exchange (no auth layer)."""
+    name), as identity-token credentials. ``handler`` sends the exchange (no auth layer).
+
+    An AAD token opens every registry the identity has a role on, so it goes only to an ACR
+    login server (or a loopback stand-in): never to a registry named by mistake."""
+    host = (registry.host or "").lower()
+    if not (host.endswith(ACR_SUFFIXES) or is_loopback(host)):
+        raise AuthenticationError(
+            f"{context}: {host} is not an Azure Container Registry login server "
+            f"(*{', *'.join(ACR_SUFFIXES)}); not sending it an Azure AD token",
+            status=0,
+        )
     aad_token = await asyncio.to_thread(_aad_token, sign_in, context)
     form = {"grant_type": "access_token", "service": service, "access_token": aad_token}
     if sign_in.tenant:

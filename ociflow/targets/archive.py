@@ -23,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import tarfile
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from ociflow import mediatypes
 from ociflow.descriptor import Descriptor
@@ -50,6 +51,7 @@ from ociflow.targets.layout import (
 )
 
 BLOCK = tarfile.BLOCKSIZE
+_T = TypeVar("_T")
 _LAYOUT_JSON = json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
 
 
@@ -74,6 +76,29 @@ async def _single(data: bytes) -> AsyncGenerator[bytes, None]:
     yield data
 
 
+class _Threads:
+    """Blocking calls in worker threads, remembered while they run: a cancelled ``await`` does
+    not stop a thread, so a file descriptor is closed only once every call using it returned
+    (else a late write could land in whatever file reuses the number)."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Future[Any]] = set()
+
+    def start(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
+        return future
+
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.shield(self.start(fn, *args))
+
+    async def settle(self) -> None:
+        """Return once no call is running (cancelled or not)."""
+        while self._running:
+            await asyncio.wait(set(self._running))
+
+
 class OciArchiveWriter:
     """Writes one image (or index) into a new OCI archive at ``reference.path``."""
 
@@ -90,6 +115,7 @@ class OciArchiveWriter:
         self._dirs: set[str] = set()
         self._failed = False
         self._committed = False
+        self._threads = _Threads()
 
     @property
     def reference(self) -> Reference:
@@ -133,7 +159,9 @@ class OciArchiveWriter:
             self._committed = True
 
     async def close(self) -> None:
-        """Remove the temporary file of an archive that was not finished."""
+        """Remove the temporary file of an archive that was not finished (once no worker
+        thread uses it any more)."""
+        await self._threads.settle()
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
@@ -154,11 +182,22 @@ class OciArchiveWriter:
         parent = self._path.parent
         if not parent.is_dir():
             raise LayoutError(f"{self._where}: the directory {parent} does not exist")
-        if self._path.is_dir():
-            raise LayoutError(f"{self._where}: is a directory, not an archive")
+        try:
+            old = os.lstat(self._path)
+        except FileNotFoundError:
+            old = None
+        if old is not None and not stat.S_ISREG(old.st_mode):
+            # A symlink, FIFO, device or directory is not replaced by a file behind its back.
+            raise LayoutError(f"{self._where}: exists and is not a regular file "
+                              f"({fsutil.kind_of(old.st_mode)})")
         temp = parent / f".{self._path.name}.{uuid.uuid4().hex[:12]}.ociflow-tmp"
-        self._fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._temp = temp
+        # An archive replaced keeps its permissions (a private image stays private); a new one
+        # gets the usual ones (0644 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(self._fd, stat.S_IMODE(old.st_mode) if old else 0o644 & ~umask)
         fsutil.write_all(self._fd, _header(OCI_LAYOUT_FILE, len(_LAYOUT_JSON)) + _LAYOUT_JSON
                          + _padding(len(_LAYOUT_JSON)) + _header("blobs", 0, directory=True))
 
@@ -169,9 +208,9 @@ class OciArchiveWriter:
         new_dir = digest.algorithm not in self._dirs
         head = _header(f"blobs/{digest.algorithm}", 0, directory=True) if new_dir else b""
         head += _header(_blob_name(digest), desc.size)
-        loop = asyncio.get_running_loop()
         written = 0
-        inflight: asyncio.Future[None] = loop.run_in_executor(None, fsutil.write_all, fd, head)
+        threads = self._threads
+        inflight = threads.start(fsutil.write_all, fd, head)
         try:
             async with aclosing(chunks):
                 async for chunk in chunks:
@@ -181,26 +220,29 @@ class OciArchiveWriter:
                             f"{self._where}: blob {digest}: more than the expected "
                             f"{desc.size} bytes"
                         )
-                    await inflight
-                    inflight = loop.run_in_executor(None, fsutil.write_all, fd, chunk)
-            await inflight
+                    await asyncio.shield(inflight)
+                    inflight = threads.start(fsutil.write_all, fd, chunk)
+            await asyncio.shield(inflight)
             if written != desc.size:
                 raise DigestMismatchError(
                     f"{self._where}: blob {digest}: size mismatch, expected {desc.size} "
                     f"bytes, received {written}"
                 )
-            await self._guarded(fsutil.write_all, fd, _padding(desc.size))
-        except BaseException:
+            await threads.run(fsutil.write_all, fd, _padding(desc.size))
+        except BaseException as exc:
             # Cut the stream back to where this entry began, so that the entry can be written
             # again (the engine re-fetches a blob that failed verification once) or the next
             # one follows a whole entry. A write still running in a worker thread ends first.
-            if not inflight.done():
-                await asyncio.wait({inflight})
+            await threads.settle()
             try:
                 os.ftruncate(fd, start)
                 os.lseek(fd, start, os.SEEK_SET)
             except OSError:
                 self._failed = True
+            if isinstance(exc, OSError):  # a full disk, say
+                self._failed = True
+                raise LayoutError(f"{self._where}: writing blob {digest}: "
+                                  f"{exc.strerror or exc}") from None
             raise
         if new_dir:
             self._dirs.add(digest.algorithm)
@@ -220,9 +262,9 @@ class OciArchiveWriter:
         finally:
             os.close(dir_fd)
 
-    async def _guarded(self, fn: Any, *args: Any) -> Any:
+    async def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await self._threads.run(fn, *args)
         except OSError as exc:
             self._failed = True
             raise LayoutError(f"{self._where}: writing the archive: "
@@ -245,6 +287,7 @@ class OciArchiveReader:
         self._fd: int | None = None
         self._members: dict[str, _Member] | None = None
         self._lock = asyncio.Lock()
+        self._threads = _Threads()
 
     @property
     def reference(self) -> Reference:
@@ -255,14 +298,14 @@ class OciArchiveReader:
 
     async def resolve(self) -> Descriptor:
         await self._index()
-        layout = await asyncio.to_thread(self._read, OCI_LAYOUT_FILE, 4096)
+        layout = await self._threads.run(self._read, OCI_LAYOUT_FILE, 4096)
         try:
             version = json.loads(layout).get("imageLayoutVersion")
         except (ValueError, AttributeError, RecursionError):
             version = None
         if not isinstance(version, str) or version.split(".")[0] != "1":
             raise LayoutError(f"{self._where}: invalid {OCI_LAYOUT_FILE}")
-        data = await asyncio.to_thread(self._read, INDEX_FILE, MAX_INDEX_SIZE)
+        data = await self._threads.run(self._read, INDEX_FILE, MAX_INDEX_SIZE)
         try:
             index = parse_manifest(data, mediatypes.OCI_INDEX)
         except InvalidManifestError as exc:
@@ -274,7 +317,7 @@ class OciArchiveReader:
         check_manifest_size(desc, self._where)
         await self._index()
         self._sized(digest, desc.size, "manifest")
-        data = await asyncio.to_thread(self._read, _blob_name(digest), desc.size)
+        data = await self._threads.run(self._read, _blob_name(digest), desc.size)
         verify_bytes(data, digest, desc.size, f"{self._where}: manifest")
         return data
 
@@ -291,7 +334,7 @@ class OciArchiveReader:
         fd = self._fd
         position, end = member.offset + offset, member.offset + member.size
         while position < end:
-            chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK_SIZE, end - position),
+            chunk = await self._threads.run(os.pread, fd, min(CHUNK_SIZE, end - position),
                                             position)
             if not chunk:
                 raise LayoutError(f"{self._where}: blob {digest}: the archive ends early")
@@ -299,6 +342,7 @@ class OciArchiveReader:
             yield chunk
 
     async def close(self) -> None:
+        await self._threads.settle()
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
@@ -308,7 +352,7 @@ class OciArchiveReader:
     async def _index(self) -> None:
         async with self._lock:
             if self._members is None:
-                self._members = await asyncio.to_thread(self._scan)
+                self._members = await self._threads.run(self._scan)
 
     def _scan(self) -> dict[str, _Member]:
         try:
@@ -317,8 +361,20 @@ class OciArchiveReader:
             raise LayoutError(f"{self._where}: no such archive") from None
         except OSError as exc:
             raise LayoutError(f"{self._where}: {exc.strerror or exc}") from None
+        try:
+            members = self._members_of(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         self._fd = fd
-        size = os.fstat(fd).st_size
+        return members
+
+    def _members_of(self, fd: int) -> dict[str, _Member]:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LayoutError(f"{self._where}: not a regular file "
+                              f"({fsutil.kind_of(st.st_mode)})")
+        size = st.st_size
         magic = os.pread(fd, 6, 0)
         if magic.startswith((b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"BZh", b"\xfd7zXZ")):
             raise LayoutError(f"{self._where}: a compressed archive; decompress it first")
@@ -335,8 +391,10 @@ class OciArchiveReader:
                         raise LayoutError(f"{self._where}: {name} lies past the archive's end")
                     regular = info.isreg() and not info.issparse()
                     members[name] = _Member(info.offset_data, info.size, regular)
-        except tarfile.TarError as exc:
-            raise LayoutError(f"{self._where}: not a readable tar archive ({exc})") from None
+        except (tarfile.TarError, OSError, MemoryError) as exc:
+            # MemoryError: a crafted header declaring a huge long name or PAX record.
+            raise LayoutError(f"{self._where}: not a readable tar archive "
+                              f"({type(exc).__name__})") from None
         return members
 
     def _member(self, name: str, what: str) -> _Member:
