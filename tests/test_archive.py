@@ -228,3 +228,43 @@ async def test_destination_must_be_a_regular_file_and_keeps_its_mode(
 async def test_a_source_that_is_not_a_regular_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LayoutError, match="not a regular file"):
         await ociflow.copy(f"oci-archive:{tmp_path}:1.0", f"oci:{tmp_path / 'out'}:1.0")
+
+
+async def test_hard_links_share_their_target_s_data(sample_layout: Path, tmp_path: Path) -> None:
+    """GNU tar stores a second copy of a file as a hard link; skopeo reads those, so do we."""
+    members = layout_members(sample_layout)
+    archive = tmp_path / "linked.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in members:
+            if name == "index.json":
+                info = tarfile.TarInfo("saved-index.json")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                link = tarfile.TarInfo("index.json")
+                link.type = tarfile.LNKTYPE
+                link.linkname = "saved-index.json"
+                tar.addfile(link)
+            else:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    result = await ociflow.copy(f"oci-archive:{archive}:1.0", f"oci:{tmp_path / 'out'}:1.0")
+    assert result.digest == root_digest(sample_layout, "1.0")
+
+
+async def test_a_crashed_write_s_temporary_file_is_swept_later(
+    sample_layout: Path, tmp_path: Path
+) -> None:
+    import os
+    import time
+
+    stale = tmp_path / ".x.tar.0123456789ab.ociflow-tmp"
+    fresh = tmp_path / ".x.tar.ba9876543210.ociflow-tmp"
+    other = tmp_path / ".y.tar.0123456789ab.ociflow-tmp"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    for path in (stale, other):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    await ociflow.copy(f"oci:{sample_layout}:1.0", f"oci-archive:{tmp_path / 'x.tar'}:1.0")
+    assert not stale.exists() and fresh.exists() and other.exists()

@@ -9,7 +9,8 @@ modes and times, so the same image gives the same archive. The tar is written to
 file beside PATH, fsync'd, and renamed over PATH only when complete: a failed or interrupted
 copy leaves PATH as it was and removes the temporary file. An entry that fails half-way (a
 blob that does not verify) is cut off again, so the engine's one re-fetch can write it anew.
-A tar stream cannot be continued after a crash, so an interrupted write is not resumable.
+A tar stream cannot be continued after a crash, so an interrupted write is not resumable; the
+temporary file a crash leaves is removed by the next write to the same PATH once an hour old.
 
 *Reading* (:class:`OciArchiveReader`, a Source). The archive (a plain tar, as skopeo and umoci
 write; a compressed one is refused with a clear error) is indexed once: member names must be
@@ -21,10 +22,13 @@ worker thread), never extracted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import glob
 import json
 import os
 import stat
 import tarfile
+import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -51,6 +55,9 @@ from ociflow.targets.layout import (
 )
 
 BLOCK = tarfile.BLOCKSIZE
+TEMP_SUFFIX = ".ociflow-tmp"
+ABANDONED_AFTER = 3600.0
+"""Seconds after its last write that a crashed write's temporary archive is removed."""
 _T = TypeVar("_T")
 _LAYOUT_JSON = json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
 
@@ -66,6 +73,17 @@ def _header(name: str, size: int, *, directory: bool = False) -> bytes:
 
 def _padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
+
+
+def _sweep_abandoned(directory: Path, name: str) -> None:
+    """Remove temporary files of writes to ``name`` that a crash left behind: untouched for
+    :data:`ABANDONED_AFTER` seconds (a live writer touches its file all the time)."""
+    now = time.time()
+    for leftover in directory.glob(f".{glob.escape(name)}.*{TEMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            st = leftover.lstat()
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime > ABANDONED_AFTER:
+                leftover.unlink()
 
 
 def _blob_name(digest: Digest) -> str:
@@ -190,7 +208,8 @@ class OciArchiveWriter:
             # A symlink, FIFO, device or directory is not replaced by a file behind its back.
             raise LayoutError(f"{self._where}: exists and is not a regular file "
                               f"({fsutil.kind_of(old.st_mode)})")
-        temp = parent / f".{self._path.name}.{uuid.uuid4().hex[:12]}.ociflow-tmp"
+        _sweep_abandoned(parent, self._path.name)
+        temp = parent / f".{self._path.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
         self._fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._temp = temp
         # An archive replaced keeps its permissions (a private image stays private); a new one
@@ -387,6 +406,13 @@ class OciArchiveReader:
                         continue
                     if name in members and _is_layout_file(name):
                         raise LayoutError(f"{self._where}: {name} appears twice in the archive")
+                    if info.islnk():
+                        # A hard link to an earlier member shares its data (GNU tar writes
+                        # these for identical files; skopeo reads them).
+                        target = _member_name(info.linkname, self._where)
+                        linked = members.get(target) if target is not None else None
+                        members[name] = linked or _Member(0, 0, regular=False)
+                        continue
                     if info.offset_data + info.size > size:
                         raise LayoutError(f"{self._where}: {name} lies past the archive's end")
                     regular = info.isreg() and not info.issparse()
