@@ -32,6 +32,8 @@ async def _run(args: argparse.Namespace, options: HttpOptions) -> int:
     text = args.repository if args.command == "tags" else args.reference
     ref = _registry_reference(text)
     name = f"{ref.repository}@{ref.digest}" if ref.digest else f"{ref.repository}:{ref.tag}"
+    if args.command == "delete" and "@" not in text and ":" not in text.rsplit("/", 1)[-1]:
+        name = ref.repository  # no implicit latest: Registry.delete says so
     async with Registry(ref.registry, options=options) as registry:
         if args.command == "tags":
             if "@" in text or ":" in text.rsplit("/", 1)[-1]:

@@ -91,7 +91,12 @@ class Registry(AsyncClosing):
 
     async def delete(self, reference: str) -> Digest:
         """Delete the manifest ``reference`` names (a tag is resolved to its digest first);
-        returns the digest deleted."""
+        returns the digest deleted. The tag or digest must be named: no implicit ``latest``."""
+        if "@" not in reference and ":" not in reference.rsplit("/", 1)[-1]:
+            raise InvalidReferenceError(
+                f"{reference}: name the tag or digest to delete (every tag on that manifest "
+                "goes with it)"
+            )
         ref = self.reference(reference)
         digest = ref.digest or (await self._target(ref).resolve()).digest
         context = f"{ref}: deleting manifest {digest}"

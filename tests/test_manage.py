@@ -89,6 +89,8 @@ async def test_errors_are_clear(registry: RegistryServer, sample_layout: Path, r
     async with FaultProxy(registry.url) as proxy, Registry(proxy.address) as reg:
         with pytest.raises(InvalidReferenceError, match="without tag or digest"):
             await reg.tags(f"{repo}:1.0")
+        with pytest.raises(InvalidReferenceError, match="name the tag or digest"):
+            await reg.delete(repo)
         with pytest.raises(NotFoundError):
             await reg.tags(f"{repo}/missing")
         body = json.dumps({"errors": [{"code": "UNSUPPORTED", "message": "no"}]}).encode()
@@ -117,6 +119,8 @@ def test_cli_catalog_tags_inspect_delete(
     raw = subprocess.run([sys.executable, "-m", "ociflow", "inspect", "--raw",
                           f"{registry.address}/{repo}:1.0"], capture_output=True, timeout=120)
     assert raw.stdout == data
+    implicit = run_cli("delete", f"{registry.address}/{repo}")
+    assert implicit.returncode == 1 and "name the tag or digest" in implicit.stderr
     deleted = run_cli("delete", "--json", f"{registry.address}/{repo}:1.0")
     assert json.loads(deleted.stdout)["deleted"] == digest
     gone = run_cli("inspect", f"{registry.address}/{repo}:1.0")
