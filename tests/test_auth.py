@@ -457,7 +457,7 @@ async def test_credentials_never_go_to_a_foreign_or_downgraded_realm(
     [
         (b'{"token": "t1", "expires_in": 300}', ("t1", 300.0)),
         (b'{"access_token": "t2"}', ("t2", 60.0)),
-        (b'{"token": "t3", "expires_in": 5}', ("t3", 5.0)),
+        (b'{"token": "t3", "expires_in": 5}', ("t3", 60.0)),  # never below 60 s
         (b'{"token": "t4", "expires_in": true}', ("t4", 60.0)),
     ],
 )
@@ -686,3 +686,19 @@ def test_cli_reads_a_missing_password_from_standard_input(
     both = subprocess.run([*args[:5], "--src-creds", "bob", *args[5:]], input="x\ny\n",
                           capture_output=True, text=True, timeout=120)
     assert both.returncode == 2 and "only one password" in both.stderr
+
+
+def test_a_jwt_without_expires_in_lives_until_its_exp_claim() -> None:
+    """ACR answers with ``access_token`` only; the JWT's ``exp`` says how long it lives."""
+    import time as _time
+
+    def jwt(claims: dict[str, object]) -> str:
+        payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+        return f"eyJhbGciOiJub25lIn0.{payload}.sig"
+
+    token = jwt({"exp": int(_time.time()) + 3600})
+    value, lifetime = _parse_token(json.dumps({"access_token": token}).encode(), "ctx")
+    assert value == token and 3590 <= lifetime <= 3600
+    expired = jwt({"exp": int(_time.time()) - 10})
+    assert _parse_token(json.dumps({"access_token": expired}).encode(), "ctx")[1] == 60.0
+    assert _parse_token(b'{"access_token": "opaque"}', "ctx")[1] == 60.0

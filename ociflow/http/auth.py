@@ -411,10 +411,28 @@ def _parse_token(body: bytes, context: str) -> tuple[str, float]:
     value = obj.get("token") or obj.get("access_token")
     if not isinstance(value, str) or not value or not value.isprintable():
         raise AuthenticationError(f"{context}: the token server's answer holds no token")
-    lifetime = obj.get("expires_in")
-    if (
-        not isinstance(lifetime, int | float) or isinstance(lifetime, bool)
-        or not math.isfinite(lifetime) or lifetime <= 0
-    ):
-        lifetime = MIN_TOKEN_LIFETIME
-    return value, min(float(lifetime), MAX_TOKEN_LIFETIME)
+    lifetime = _seconds(obj.get("expires_in"))
+    if lifetime is None:
+        # ACR sends no expires_in; a JWT says when it expires (protocol.md §4.1).
+        lifetime = _jwt_lifetime(value)
+    return value, min(max(lifetime or MIN_TOKEN_LIFETIME, MIN_TOKEN_LIFETIME), MAX_TOKEN_LIFETIME)
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
+
+
+def _jwt_lifetime(token: str) -> float | None:
+    """Seconds until the ``exp`` claim of ``token`` when it is a JWT; None otherwise. The token
+    is only read for this hint, never trusted for anything else."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 64 * 1024:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    expiry = _seconds(claims.get("exp")) if isinstance(claims, dict) else None
+    return None if expiry is None else _seconds(expiry - time.time())
