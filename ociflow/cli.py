@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
                            "Azure AD (azure-identity's DefaultAzureCredential)")
     copy.add_argument("--dest-azure", action="store_true",
                       help="sign in to the destination registry with Azure AD")
+    for side, name in (("src", "source"), ("dest", "destination")):
+        copy.add_argument(f"--{side}-plain-http", action="store_true",
+                          help=f"use plain HTTP for the {name} registry only")
+        copy.add_argument(f"--{side}-insecure", action="store_true",
+                          help=f"skip TLS certificate verification for the {name} registry only")
     copy.add_argument("--no-resume", dest="resume", action="store_false",
                       help="do not keep partial downloads and open upload sessions for a later "
                       "run to continue (by default an interrupted copy resumes when run again; "
@@ -319,6 +324,16 @@ def _http_options(args: argparse.Namespace) -> HttpOptions:
     return replace(options, **transfer) if transfer else options
 
 
+def _one_side(options: HttpOptions, plain_http: bool, insecure: bool) -> HttpOptions | None:
+    """``options`` with one side's own connection flags; None when it has none."""
+    if not (plain_http or insecure):
+        return None
+    from dataclasses import replace
+
+    return replace(options, plain_http=options.plain_http or plain_http,
+                   insecure=options.insecure or insecure)
+
+
 def _bench(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -345,13 +360,16 @@ def _copy(args: argparse.Namespace) -> int:
 
     show_bars = not (args.quiet or args.json) and sys.stderr.isatty()
     progress: Progress = TqdmProgress() if show_bars else Progress()
+    options = _http_options(args)
     result = copy_sync(
         args.src,
         args.dst,
         jobs=args.jobs,
         platform=args.platform,
         progress=progress,
-        options=_http_options(args),
+        options=options,
+        src_options=_one_side(options, args.src_plain_http, args.src_insecure),
+        dst_options=_one_side(options, args.dest_plain_http, args.dest_insecure),
         resume=args.resume,
         src_credentials=_sign_in(args.src_creds, args.src_azure, "--src"),
         dst_credentials=_sign_in(args.dest_creds, args.dest_azure, "--dest"),

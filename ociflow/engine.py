@@ -108,6 +108,8 @@ async def copy(
     resume: bool = True,
     src_credentials: Credentials | AzureAD | None = None,
     dst_credentials: Credentials | AzureAD | None = None,
+    src_options: HttpOptions | None = None,
+    dst_options: HttpOptions | None = None,
 ) -> CopyResult:
     """Copy the image or index that ``src`` names to ``dst``, verifying every byte.
 
@@ -119,7 +121,9 @@ async def copy(
     their own settings. ``src_credentials``/``dst_credentials`` are used when a registry asks
     for credentials (``Credentials``, or ``AzureAD()`` to sign in to Azure Container Registry
     with azure-identity); without them, they come from the Docker config (``options.auth_file`` or
-    the default places), else the registry is used anonymously.
+    the default places), else the registry is used anonymously. ``src_options`` and
+    ``dst_options`` replace ``options`` for one side (plain HTTP or no TLS verification for
+    one registry only, say).
 
     Raises :class:`~ociflow.errors.OciflowError` subclasses;
     :class:`~ociflow.errors.CancelledTransferError` when cancelled.
@@ -132,8 +136,8 @@ async def copy(
                          "not options.credentials")
     wanted = Platform.parse(platform) if isinstance(platform, str) else platform
     progress = progress or Progress()
-    src_options = _with_credentials(options, src_credentials)
-    dst_options = _with_credentials(options, dst_credentials)
+    src_options = _with_credentials(src_options or options, src_credentials)
+    dst_options = _with_credentials(dst_options or options, dst_credentials)
     async with Session(options, jobs=jobs) as session:
         source = src if isinstance(src, Source) else open_source(src, session, src_options)
         if isinstance(dst, Destination):
@@ -173,6 +177,8 @@ def copy_sync(
     resume: bool = True,
     src_credentials: Credentials | AzureAD | None = None,
     dst_credentials: Credentials | AzureAD | None = None,
+    src_options: HttpOptions | None = None,
+    dst_options: HttpOptions | None = None,
 ) -> CopyResult:
     """:func:`copy` for synchronous callers (runs its own event loop)."""
     return asyncio.run(
@@ -186,6 +192,8 @@ def copy_sync(
             resume=resume,
             src_credentials=src_credentials,
             dst_credentials=dst_credentials,
+            src_options=src_options,
+            dst_options=dst_options,
         )
     )
 

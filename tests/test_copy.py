@@ -238,3 +238,19 @@ def test_copy_sync_and_json_cli(sample_layout: Path, sample_root: dict, tmp_path
         check=True, capture_output=True, text=True,
     )
     assert quiet.stdout == "" and quiet.stderr == ""
+
+
+def test_connection_flags_for_one_side_only(
+    registry: RegistryServer, registry2: RegistryServer, sample_layout: Path, repo: str
+) -> None:
+    """``--dest-plain-http`` goes to the destination only: the source is still probed for
+    TLS first (a loopback registry), the destination never is."""
+    ociflow.copy_sync(f"oci:{sample_layout}:1.0", f"docker://{registry.address}/{repo}:1.0")
+    done = subprocess.run(
+        [sys.executable, "-m", "ociflow", "copy", "-q", "--debug", "--dest-plain-http",
+         f"docker://{registry.address}/{repo}:1.0", f"docker://{registry2.address}/{repo}:1.0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"GET https://{registry.address}/v2/" in done.stderr
+    assert f"https://{registry2.address}" not in done.stderr
