@@ -42,10 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     copy = commands.add_parser(
         "copy",
         parents=[common],
-        help="copy an image or index between registries, OCI layouts and oci-archives",
+        help="copy an image or index between registries, OCI layouts and archives",
         description="Copy SRC to DST. References: docker://HOST/REPO[:TAG][@DIGEST], bare "
         "Docker references (docker.io by default), oci:PATH[:TAG|@DIGEST], "
-        "oci-archive:PATH[:TAG|@DIGEST].",
+        "oci-archive:PATH[:TAG|@DIGEST], docker-archive:PATH[:NAME:TAG].",
     )
     copy.add_argument("src", metavar="SRC")
     copy.add_argument("dst", metavar="DST")

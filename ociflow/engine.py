@@ -231,6 +231,11 @@ class _Copier:
             )
         plan = _Plan()
         root_manifest = parse_manifest(root_data, root.media_type)
+        if self.dest.capabilities.single_image and root_manifest.config is None:
+            raise InvalidReferenceError(
+                f"{self.dest.reference}: holds one image, and {self.source.reference} is an "
+                f"index of {len(root_manifest.manifests)}; choose one with --platform"
+            )
         plan.seen.add(root.digest)
         if await self.dest.exists(root):
             plan.skipped_manifests += 1  # the whole graph is there: only the tag remains

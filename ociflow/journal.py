@@ -65,7 +65,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,7 @@ def source_id(ref: Reference) -> str:
     """How the journal names a copy's source: the reference, a layout's path made absolute (so
     that the same command run from another directory names the same source)."""
     if isinstance(ref, LayoutReference):
-        return str(LayoutReference(os.path.abspath(ref.path), ref.tag, ref.digest, ref.archive))
+        return str(replace(ref, path=os.path.abspath(ref.path)))
     return str(ref)
 
 

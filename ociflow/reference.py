@@ -78,16 +78,28 @@ class RegistryReference:
 
 @dataclass(frozen=True, slots=True)
 class LayoutReference:
-    """``oci:PATH[:TAG|@DIGEST]``: an OCI image layout directory and an entry in its index;
-    with ``archive``, ``oci-archive:PATH[...]``: the same layout in a tar file."""
+    """``oci:PATH[:TAG|@DIGEST]``: an OCI image layout directory and an entry in its index.
+
+    ``transport`` ``oci-archive`` is the same layout in a tar file; ``docker-archive`` is a tar
+    file ``docker load`` reads (``docker-archive:PATH[:NAME:TAG]``, as skopeo writes it):
+    ``image_name`` is the ``NAME:TAG`` it is saved as, and ``tag`` that name's tag.
+    """
 
     path: str
     tag: str | None = None
     digest: Digest | None = None
-    archive: bool = False
+    transport: str = "oci"
+    image_name: str | None = None
+
+    @property
+    def archive(self) -> bool:
+        """Whether the layout is in a tar file."""
+        return self.transport != "oci"
 
     def __str__(self) -> str:
-        text = f"{'oci-archive' if self.archive else 'oci'}:{self.path}"
+        text = f"{self.transport}:{self.path}"
+        if self.transport == "docker-archive":
+            return f"{text}:{self.image_name}" if self.image_name else text
         if self.tag:
             text += f":{self.tag}"
         if self.digest:
@@ -108,8 +120,10 @@ def parse_reference(text: str) -> Reference:
         return parse_layout_reference(text[len("oci:") :])
     if text.startswith("oci-archive:"):
         return parse_layout_reference(text[len("oci-archive:") :], archive=True)
+    if text.startswith("docker-archive:"):
+        return parse_docker_archive_reference(text[len("docker-archive:") :])
     scheme = text.split(":", 1)[0]
-    if "://" in text or scheme in ("docker-archive", "dir", "docker-daemon"):
+    if "://" in text or scheme in ("dir", "docker-daemon"):
         raise InvalidReferenceError(f"unsupported transport in reference {text!r}")
     return parse_docker_reference(text)
 
@@ -171,7 +185,26 @@ def parse_layout_reference(text: str, *, archive: bool = False) -> LayoutReferen
             raise InvalidReferenceError(f"invalid layout tag {tag!r} in {prefix}:{original}")
     if not text:
         raise InvalidReferenceError(f"{prefix}:{original}: no layout path")
-    return LayoutReference(text, tag, digest, archive)
+    return LayoutReference(text, tag, digest, "oci-archive" if archive else "oci")
+
+
+def parse_docker_archive_reference(text: str) -> LayoutReference:
+    """Parse ``PATH[:NAME[:TAG]]``: the path holds no ``:``; NAME is a Docker reference, kept
+    in the short form ``docker load`` shows (``app:1``, ``org/app:1``, ``host:5000/app:1``)."""
+    path, _, name = text.partition(":")
+    if not path:
+        raise InvalidReferenceError(f"docker-archive:{text}: no archive path")
+    if not name:
+        return LayoutReference(path, transport="docker-archive")
+    if "@" in name:
+        raise InvalidReferenceError(f"docker-archive:{text}: the image name cannot hold a digest")
+    ref = parse_docker_reference(name)
+    repository = ref.repository
+    if ref.registry == DOCKER_HUB:
+        short = repository.removeprefix("library/")
+    else:
+        short = f"{ref.registry}/{repository}"
+    return LayoutReference(path, ref.tag, None, "docker-archive", f"{short}:{ref.tag}")
 
 
 def is_valid_ref_name(name: str) -> bool:

@@ -66,6 +66,8 @@ class Capabilities:
     """Blobs may be pushed concurrently (false for a single tar stream)."""
     mount: bool = False
     """Blobs can be mounted from another repository of the same registry."""
+    single_image: bool = False
+    """Holds one image, not an index (a docker archive): an index needs a platform chosen."""
 
 
 @runtime_checkable
@@ -163,9 +165,17 @@ def _open(
 ) -> Source | Destination:
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
     if isinstance(parsed, LayoutReference) and parsed.archive:
-        from ociflow.targets.archive import OciArchiveReader, OciArchiveWriter
+        from ociflow.targets.archive import (
+            DockerArchiveWriter,
+            OciArchiveReader,
+            OciArchiveWriter,
+        )
 
-        return OciArchiveReader(parsed) if source else OciArchiveWriter(parsed)
+        if source:  # Docker's own archives (v25 on) are OCI layouts too
+            return OciArchiveReader(parsed)
+        if parsed.transport == "docker-archive":
+            return DockerArchiveWriter(parsed)
+        return OciArchiveWriter(parsed)
     if isinstance(parsed, LayoutReference):
         from ociflow.targets.layout import LayoutTarget
 

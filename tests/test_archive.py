@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import ociflow
+from ociflow.digest import Digest
 from ociflow.errors import DigestMismatchError, LayoutError, NotFoundError
 from ociflow.reference import LayoutReference, parse_reference
 from tests.fault_proxy import Fault, FaultProxy
@@ -35,7 +36,7 @@ def leftovers(directory: Path) -> list[str]:
 
 def test_reference_grammar() -> None:
     ref = parse_reference("oci-archive:/tmp/a.tar:v1")
-    assert ref == LayoutReference("/tmp/a.tar", "v1", None, archive=True)
+    assert ref == LayoutReference("/tmp/a.tar", "v1", None, "oci-archive")
     assert str(ref) == "oci-archive:/tmp/a.tar:v1"
 
 
@@ -268,3 +269,70 @@ async def test_a_crashed_write_s_temporary_file_is_swept_later(
         os.utime(path, (two_hours_ago, two_hours_ago))
     await ociflow.copy(f"oci:{sample_layout}:1.0", f"oci-archive:{tmp_path / 'x.tar'}:1.0")
     assert not stale.exists() and fresh.exists() and other.exists()
+
+
+async def test_docker_archive_is_read_by_skopeo_and_names_the_image(
+    sample_layout: Path, tmp_path: Path, skopeo: str
+) -> None:
+    """``docker-archive:PATH:NAME:TAG`` writes what ``docker load`` reads (Docker v25's own
+    format: the OCI layout plus ``manifest.json``). skopeo reads it, decompressing the layers to
+    exactly the config's ``diff_ids``; ociflow reads it back as the same image."""
+    archive = tmp_path / "app.tar"
+    result = await ociflow.copy(f"oci:{sample_layout}:1.0",
+                                f"docker-archive:{archive}:example.com/team/app:2",
+                                platform="linux/amd64")
+    with tarfile.open(archive) as tar:
+        saved = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        manifest = json.loads(tar.extractfile(  # type: ignore[union-attr]
+            f"blobs/sha256/{result.digest.encoded}").read())
+        config_name = f"blobs/sha256/{manifest['config']['digest'].split(':')[1]}"
+        config = json.loads(tar.extractfile(config_name).read())  # type: ignore[union-attr]
+    assert saved == [{
+        "Config": config_name,
+        "RepoTags": ["example.com/team/app:2"],
+        "Layers": [f"blobs/sha256/{layer['digest'].split(':')[1]}"
+                   for layer in manifest["layers"]],
+    }]
+    out = tmp_path / "by-skopeo"
+    subprocess.run([skopeo, "copy", f"docker-archive:{archive}", f"oci:{out}:x"],
+                   check=True, capture_output=True)
+    got = json.loads((out / "blobs" / "sha256" / root_digest(out, "x").split(":")[1])
+                     .read_text())
+    # skopeo rewrites the config on the way (its digest changes); the layers it read are ours
+    got_config = json.loads((out / "blobs" / "sha256" / got["config"]["digest"].split(":")[1])
+                            .read_text())
+    assert got_config["rootfs"]["diff_ids"] == config["rootfs"]["diff_ids"]
+    # and each layer skopeo stored (recompressed for its OCI layout) unpacks to our diff_id
+    unpacked = []
+    for layer in got["layers"]:
+        data = (out / "blobs" / "sha256" / layer["digest"].split(":")[1]).read_bytes()
+        unpacked.append(str(Digest.of(gzip.decompress(data) if data[:2] == b"\x1f\x8b"
+                                      else data)))
+    assert unpacked == config["rootfs"]["diff_ids"]
+    back = await ociflow.copy(f"docker-archive:{archive}:example.com/team/app:2",
+                              f"oci:{tmp_path / 'back'}:1")
+    assert back.digest == result.digest
+
+
+async def test_docker_archive_of_an_index_needs_a_platform(
+    sample_layout: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ociflow.InvalidReferenceError, match="choose one with --platform"):
+        await ociflow.copy(f"oci:{sample_layout}:1.0", f"docker-archive:{tmp_path}/x.tar:app:1")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "tag"),
+    [
+        ("docker-archive:/tmp/a.tar", None, None),
+        ("docker-archive:/tmp/a.tar:app", "app:latest", "latest"),
+        ("docker-archive:/tmp/a.tar:docker.io/library/app:1", "app:1", "1"),
+        ("docker-archive:/tmp/a.tar:org/app:1", "org/app:1", "1"),
+        ("docker-archive:/tmp/a.tar:localhost:5000/app:1", "localhost:5000/app:1", "1"),
+    ],
+)
+def test_docker_archive_references(text: str, name: str | None, tag: str | None) -> None:
+    ref = parse_reference(text)
+    assert isinstance(ref, LayoutReference) and ref.transport == "docker-archive"
+    assert (ref.path, ref.image_name, ref.tag) == ("/tmp/a.tar", name, tag)

@@ -53,7 +53,7 @@ def test_docker_hub_api_host_and_loopback() -> None:
         "host.io/app@sha256:" + HEX[:63],
         "host.io/app@foo:" + HEX,
         "http://host.io/app",
-        "docker-archive:x.tar",
+        "docker-daemon:app:1",
         "host.io/" + "a" * 300,
         "oci:",
         "oci:dir@sha256:abc",

@@ -1,4 +1,6 @@
-"""OCI image layouts in a tar file: ``oci-archive:PATH[:TAG|@DIGEST]``, as skopeo names them.
+"""OCI image layouts in a tar file: ``oci-archive:PATH[:TAG|@DIGEST]``, as skopeo names them,
+and ``docker-archive:PATH[:NAME:TAG]``, the same layout plus ``docker save``'s ``manifest.json``
+(:class:`DockerArchiveWriter`).
 
 *Writing* (:class:`OciArchiveWriter`, a Destination). A tar file is one stream, so entries are
 written one at a time (``concurrent_writes`` is false, and a lock orders them): ``oci-layout``,
@@ -86,6 +88,10 @@ def _sweep_abandoned(directory: Path, name: str) -> None:
                 leftover.unlink()
 
 
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def _blob_name(digest: Digest) -> str:
     return f"blobs/{digest.algorithm}/{digest.encoded}"
 
@@ -125,7 +131,7 @@ class OciArchiveWriter:
     def __init__(self, reference: LayoutReference) -> None:
         self._ref = reference
         self._path = Path(reference.path)
-        self._where = str(LayoutReference(reference.path, archive=True))
+        self._where = f"{reference.transport}:{reference.path}"
         self._fd: int | None = None
         self._temp: Path | None = None
         self._lock = asyncio.Lock()
@@ -163,18 +169,20 @@ class OciArchiveWriter:
 
     async def push_root(self, desc: Descriptor, data: bytes, tag: str | None) -> None:
         """Write the root manifest, ``index.json`` naming it (as ``tag``), and finish."""
+        metadata = self._metadata(desc, data, tag)
         await self.push_manifest(desc, data)
+        async with self._lock:
+            fd = await self._open()
+            await self._guarded(self._finish, fd, metadata)
+            self._committed = True
+
+    def _metadata(self, desc: Descriptor, data: bytes, tag: str | None) -> list[tuple[str, bytes]]:
+        """The files written after the blobs: ``index.json``."""
         entry = desc.to_json()
         if tag is not None:
             entry["annotations"] = {**entry.get("annotations", {}), REF_NAME: tag}
-        index = json.dumps(
-            {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": [entry]},
-            separators=(",", ":"),
-        ).encode()
-        async with self._lock:
-            fd = await self._open()
-            await self._guarded(self._finish, fd, index)
-            self._committed = True
+        index = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": [entry]}
+        return [(INDEX_FILE, _json(index))]
 
     async def close(self) -> None:
         """Remove the temporary file of an archive that was not finished (once no worker
@@ -267,9 +275,10 @@ class OciArchiveWriter:
             self._dirs.add(digest.algorithm)
         self._written.add(str(digest))
 
-    def _finish(self, fd: int, index: bytes) -> None:
-        fsutil.write_all(fd, _header(INDEX_FILE, len(index)) + index + _padding(len(index))
-                         + b"\0" * (2 * BLOCK))
+    def _finish(self, fd: int, files: list[tuple[str, bytes]]) -> None:
+        for name, content in files:
+            fsutil.write_all(fd, _header(name, len(content)) + content + _padding(len(content)))
+        fsutil.write_all(fd, b"\0" * (2 * BLOCK))
         os.fsync(fd)
         os.close(fd)
         self._fd = None
@@ -290,6 +299,27 @@ class OciArchiveWriter:
                               f"{exc.strerror or exc}") from None
 
 
+class DockerArchiveWriter(OciArchiveWriter):
+    """Writes one image into a tar file ``docker load`` reads: the OCI layout above plus the
+    ``manifest.json`` of ``docker save`` (config and layers by their paths in ``blobs/``, the
+    reference's ``NAME:TAG`` as its repo tag), the format Docker itself writes since v25. Layers
+    stay as the registry holds them, compressed: ``docker load`` and skopeo decompress them."""
+
+    capabilities = Capabilities(concurrent_writes=False, single_image=True)
+
+    def _metadata(self, desc: Descriptor, data: bytes, tag: str | None) -> list[tuple[str, bytes]]:
+        manifest = parse_manifest(data, desc.media_type)
+        if manifest.config is None:  # the engine refuses an index first; this is the guard
+            raise LayoutError(f"{self._where}: a docker archive holds one image, not an index")
+        repo_tags = [self._ref.image_name] if self._ref.image_name else []
+        saved = [{
+            "Config": _blob_name(Digest(manifest.config.digest)),
+            "RepoTags": repo_tags,
+            "Layers": [_blob_name(Digest(layer.digest)) for layer in manifest.layers],
+        }]
+        return [*super()._metadata(desc, data, tag), ("manifest.json", _json(saved))]
+
+
 @dataclass(frozen=True)
 class _Member:
     offset: int
@@ -302,7 +332,7 @@ class OciArchiveReader:
 
     def __init__(self, reference: LayoutReference) -> None:
         self._ref = reference
-        self._where = str(LayoutReference(reference.path, archive=True))
+        self._where = f"{reference.transport}:{reference.path}"
         self._fd: int | None = None
         self._members: dict[str, _Member] | None = None
         self._lock = asyncio.Lock()
