@@ -336,3 +336,54 @@ def test_docker_archive_references(text: str, name: str | None, tag: str | None)
     ref = parse_reference(text)
     assert isinstance(ref, LayoutReference) and ref.transport == "docker-archive"
     assert (ref.path, ref.image_name, ref.tag) == ("/tmp/a.tar", name, tag)
+
+
+async def test_an_older_docker_save_is_read(
+    registry: RegistryServer, sample_layout: Path, tmp_path: Path, repo: str, skopeo: str
+) -> None:
+    """skopeo 1.9 writes the pre-v25 ``docker save`` format (manifest.json, ``<hex>.tar``
+    layers, no index.json). ociflow makes up its manifest: the config as saved, the layers as
+    stored, each checked against its diff_id while it streams."""
+    archive = tmp_path / "legacy.tar"
+    subprocess.run([skopeo, "copy", f"oci:{sample_layout}:1.0",
+                    f"docker-archive:{archive}:app:1"], check=True, capture_output=True)
+    with tarfile.open(archive) as tar:
+        assert "index.json" not in tar.getnames()
+        saved = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        config = json.loads(tar.extractfile(saved[0]["Config"]).read())  # type: ignore[union-attr]
+    pushed = await ociflow.copy(f"docker-archive:{archive}:app:1",
+                                f"docker://{registry.address}/{repo}:1")
+    assert pushed.media_type == "application/vnd.docker.distribution.manifest.v2+json"
+    raw = subprocess.run([skopeo, "inspect", "--raw", "--tls-verify=false",
+                          f"docker://{registry.address}/{repo}:1"],
+                         check=True, capture_output=True).stdout
+    manifest = json.loads(raw)
+    assert manifest["config"]["digest"] == "sha256:" + saved[0]["Config"].removesuffix(".json")
+    assert [layer["digest"] for layer in manifest["layers"]] == config["rootfs"]["diff_ids"]
+    with pytest.raises(NotFoundError, match="no image saved as other:2"):
+        await ociflow.copy(f"docker-archive:{archive}:other:2", f"oci:{tmp_path / 'x'}:1")
+
+
+async def test_an_older_docker_save_with_a_wrong_layer_is_refused(
+    sample_layout: Path, tmp_path: Path, skopeo: str
+) -> None:
+    archive = tmp_path / "legacy.tar"
+    subprocess.run([skopeo, "copy", f"oci:{sample_layout}:1.0",
+                    f"docker-archive:{archive}"], check=True, capture_output=True)
+    rewritten = tmp_path / "bad.tar"
+    with tarfile.open(archive) as src, tarfile.open(rewritten, "w") as dst:
+        saved = json.loads(src.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        first_layer = saved[0]["Layers"][0]
+        for info in src.getmembers():
+            data = src.extractfile(info).read() if info.isreg() else None  # type: ignore[union-attr]
+            if info.name == first_layer and data is not None:
+                flipped = bytearray(data)
+                flipped[600] ^= 0xFF
+                data = bytes(flipped)
+            dst.addfile(info, io.BytesIO(data) if data is not None else None)
+    out = tmp_path / "out"
+    with pytest.raises(DigestMismatchError):
+        await ociflow.copy(f"docker-archive:{rewritten}", f"oci:{out}:1")
+    # the layer that does not match its diff_id is nowhere; no image is tagged
+    assert not (out / "blobs" / "sha256" / first_layer.removesuffix(".tar")).exists()
+    assert json.loads((out / "index.json").read_text())["manifests"] == []

@@ -14,7 +14,9 @@ blob that does not verify) is cut off again, so the engine's one re-fetch can wr
 A tar stream cannot be continued after a crash, so an interrupted write is not resumable; the
 temporary file a crash leaves is removed by the next write to the same PATH once an hour old.
 
-*Reading* (:class:`OciArchiveReader`, a Source). The archive (a plain tar, as skopeo and umoci
+*Reading* (:class:`OciArchiveReader`, a Source; also for ``docker-archive:``, whose older
+``docker save`` form without ``index.json`` gets its image manifest made up from
+``manifest.json`` and the config). The archive (a plain tar, as skopeo and umoci
 write; a compressed one is refused with a clear error) is indexed once: member names must be
 relative and free of ``..``, the layout's files must be regular files listed once, and their
 data must lie inside the file. Manifests and blobs are then read where they lie (``pread`` in a
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import stat
@@ -41,9 +44,15 @@ from typing import Any, TypeVar
 from ociflow import mediatypes
 from ociflow.descriptor import Descriptor
 from ociflow.digest import Digest, verify_bytes
-from ociflow.errors import DigestMismatchError, InvalidManifestError, LayoutError, NotFoundError
+from ociflow.errors import (
+    DigestMismatchError,
+    InvalidManifestError,
+    InvalidReferenceError,
+    LayoutError,
+    NotFoundError,
+)
 from ociflow.manifest import check_manifest_size, parse_manifest
-from ociflow.reference import LayoutReference, Reference
+from ociflow.reference import LayoutReference, Reference, parse_docker_reference
 from ociflow.target import CHUNK_SIZE, Capabilities, Opener
 from ociflow.targets import fsutil
 from ociflow.targets.layout import (
@@ -58,6 +67,8 @@ from ociflow.targets.layout import (
 
 BLOCK = tarfile.BLOCKSIZE
 TEMP_SUFFIX = ".ociflow-tmp"
+SAVED_MANIFEST = "manifest.json"
+MAX_CONFIG_SIZE = 16 * 1024 * 1024
 ABANDONED_AFTER = 3600.0
 """Seconds after its last write that a crashed write's temporary archive is removed."""
 _T = TypeVar("_T")
@@ -337,6 +348,10 @@ class OciArchiveReader:
         self._members: dict[str, _Member] | None = None
         self._lock = asyncio.Lock()
         self._threads = _Threads()
+        # An older ``docker save`` (no index.json): its manifest is made up here, and its
+        # blobs are found by the paths manifest.json gives, not under blobs/.
+        self._paths: dict[str, str] = {}
+        self._made: dict[str, bytes] = {}
 
     @property
     def reference(self) -> Reference:
@@ -347,6 +362,10 @@ class OciArchiveReader:
 
     async def resolve(self) -> Descriptor:
         await self._index()
+        assert self._members is not None
+        if INDEX_FILE not in self._members and SAVED_MANIFEST in self._members:
+            result: Descriptor = await self._threads.run(self._from_docker_save)
+            return result
         layout = await self._threads.run(self._read, OCI_LAYOUT_FILE, 4096)
         try:
             version = json.loads(layout).get("imageLayoutVersion")
@@ -365,8 +384,11 @@ class OciArchiveReader:
         digest = Digest(desc.digest)
         check_manifest_size(desc, self._where)
         await self._index()
+        made = self._made.get(str(digest))
+        if made is not None:
+            return made
         self._sized(digest, desc.size, "manifest")
-        data = await self._threads.run(self._read, _blob_name(digest), desc.size)
+        data = await self._threads.run(self._read, self._name(digest), desc.size)
         verify_bytes(data, digest, desc.size, f"{self._where}: manifest")
         return data
 
@@ -395,6 +417,63 @@ class OciArchiveReader:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+    def _from_docker_save(self) -> Descriptor:
+        """Make the image manifest an older ``docker save`` archive implies: its config, and
+        its layers as stored (an uncompressed layer's digest is its diff_id, checked as it
+        streams; a compressed one is hashed here)."""
+        try:
+            saved = json.loads(self._read(SAVED_MANIFEST, MAX_INDEX_SIZE))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            saved = None
+        entry = _docker_save_entry(saved, self._ref, self._where)
+        config_name, layer_names = entry.get("Config"), entry.get("Layers")
+        if not isinstance(config_name, str) or not isinstance(layer_names, list):
+            raise LayoutError(f"{self._where}: invalid {SAVED_MANIFEST}")
+        config = self._read(config_name, MAX_CONFIG_SIZE)
+        try:
+            diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            diff_ids = None
+        if not isinstance(diff_ids, list) or len(diff_ids) != len(layer_names):
+            raise LayoutError(f"{self._where}: the config does not list one diff_id a layer")
+        config_digest = Digest.of(config)
+        self._paths[str(config_digest)] = config_name
+        layers = []
+        for name, diff_id in zip(layer_names, diff_ids, strict=True):
+            member = self._member(str(name), f"layer {name}")
+            assert self._fd is not None
+            head = os.pread(self._fd, 4, member.offset)
+            if head.startswith((b"\x1f\x8b", b"\x28\xb5\x2f\xfd")):
+                media_type = (mediatypes.DOCKER_LAYER_GZIP if head[0] == 0x1F
+                              else mediatypes.OCI_LAYER_ZSTD)
+                digest = self._hash(member)
+            else:
+                media_type, digest = mediatypes.DOCKER_LAYER, Digest(str(diff_id))
+            self._paths[str(digest)] = str(name)
+            layers.append({"mediaType": media_type, "size": member.size, "digest": digest})
+        manifest = _json({
+            "schemaVersion": 2,
+            "mediaType": mediatypes.DOCKER_MANIFEST,
+            "config": {"mediaType": mediatypes.DOCKER_CONFIG, "size": len(config),
+                       "digest": config_digest},
+            "layers": layers,
+        })
+        digest = Digest.of(manifest)
+        self._made[str(digest)] = manifest
+        return Descriptor(mediatypes.DOCKER_MANIFEST, digest, len(manifest))
+
+    def _hash(self, member: _Member) -> Digest:
+        assert self._fd is not None
+        hasher = hashlib.sha256()
+        position, end = member.offset, member.offset + member.size
+        while position < end:
+            chunk = os.pread(self._fd, min(CHUNK_SIZE, end - position), position)
+            if not chunk:
+                raise LayoutError(f"{self._where}: a layer: the archive ends early")
+            hasher.update(chunk)
+            position += len(chunk)
+        return Digest(f"sha256:{hasher.hexdigest()}")
 
     # -- the index of members ------------------------------------------------------------
 
@@ -434,7 +513,7 @@ class OciArchiveReader:
                     name = _member_name(info.name, self._where)
                     if name is None:
                         continue
-                    if name in members and _is_layout_file(name):
+                    if name in members and (members[name].regular or info.isreg()):
                         raise LayoutError(f"{self._where}: {name} appears twice in the archive")
                     if info.islnk():
                         # A hard link to an earlier member shares its data (GNU tar writes
@@ -462,8 +541,11 @@ class OciArchiveReader:
             raise LayoutError(f"{self._where}: {name} is not a regular file")
         return member
 
+    def _name(self, digest: Digest) -> str:
+        return self._paths.get(str(digest)) or _blob_name(digest)
+
     def _sized(self, digest: Digest, size: int, what: str) -> _Member:
-        member = self._member(_blob_name(digest), f"{what} {digest}")
+        member = self._member(self._name(digest), f"{what} {digest}")
         if member.size != size:
             raise DigestMismatchError(
                 f"{self._where}: {what} {digest}: size mismatch, expected {size} bytes, the "
@@ -482,6 +564,34 @@ class OciArchiveReader:
         return data
 
 
+def _docker_save_entry(saved: Any, ref: LayoutReference, where: str) -> dict[str, Any]:
+    """The entry of an older ``docker save``'s manifest.json that ``ref`` names: by its
+    ``NAME:TAG`` among the repo tags, else the only one."""
+    if not isinstance(saved, list) or not all(isinstance(e, dict) for e in saved) or not saved:
+        raise LayoutError(f"{where}: invalid {SAVED_MANIFEST}")
+    if ref.image_name is not None:
+        wanted = _normalized(ref.image_name)
+        for entry in saved:
+            tags = entry.get("RepoTags") or []
+            if isinstance(tags, list) and any(_normalized(t) == wanted for t in tags):
+                return dict(entry)
+        raise NotFoundError(f"{ref}: no image saved as {ref.image_name} in the archive")
+    if len(saved) > 1:
+        raise NotFoundError(f"{ref}: the archive holds {len(saved)} images; name one")
+    return dict(saved[0])
+
+
+def _normalized(name: object) -> tuple[str, str, str | None] | None:
+    """``NAME:TAG`` as (registry, repository, tag), Docker-normalised; None if unparsable."""
+    if not isinstance(name, str):
+        return None
+    try:
+        ref = parse_docker_reference(name)
+    except InvalidReferenceError:
+        return None
+    return ref.registry, ref.repository, ref.tag
+
+
 def _member_name(raw: str, where: str) -> str | None:
     """The layout path of a member (``./`` dropped); None for the root directory. A name that
     is absolute or climbs out with ``..`` makes the archive unsafe to read."""
@@ -491,6 +601,3 @@ def _member_name(raw: str, where: str) -> str | None:
     name = str(path)
     return None if name in (".", "") else name
 
-
-def _is_layout_file(name: str) -> bool:
-    return name in (OCI_LAYOUT_FILE, INDEX_FILE) or name.startswith("blobs/")
