@@ -127,12 +127,8 @@ class Proxy(FaultProxy):
 
 @pytest.fixture()
 async def proxy(registry: RegistryServer) -> AsyncIterator[Proxy]:
-    running = Proxy(registry.url)
-    await running.start()
-    try:
+    async with Proxy(registry.url) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 # ---- images ---------------------------------------------------------------------------------

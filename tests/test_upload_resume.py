@@ -6,8 +6,8 @@ PATCH starting at the registry's offset (U1, U2); a new ``POST`` when the sessio
 a ``HEAD`` instead of a second upload when the closing PUT's answer was lost (U4); one PUT and
 a clean failure on ``DIGEST_INVALID`` (U5); no upload at all for a blob already there (U12).
 
-The proxy cannot break a request while its body is still arriving; :class:`RequestReset` (a
-fault of this file) does: it takes in part of the body, forwards nothing and resets.
+A request broken while its body is still arriving is the proxy's ``reset_request_after`` fault:
+it takes in part of the body, forwards nothing and resets.
 
 distribution 2.8 seals the session's offset into the ``_state`` of each ``Location`` and
 refuses a session whose data grew past it, so a PATCH that reached it (in part, or whole with
@@ -20,12 +20,11 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 import ociflow
 from ociflow import mediatypes
@@ -44,7 +43,7 @@ from ociflow.targets.blob_upload import (
     parse_upload_range,
 )
 from ociflow.targets.registry import RegistryTarget
-from tests.fault_proxy import Entry, Fault, FaultProxy, _reset
+from tests.fault_proxy import Fault, FaultProxy
 from tests.registry_server import RegistryServer
 
 pytestmark = pytest.mark.integration
@@ -57,28 +56,6 @@ UPLOADS = r"/blobs/uploads/"
 # Where start_push's source stops: after whole source chunks, several PATCHes into the upload.
 GATE = 2 * CHUNK_SIZE
 OCI_ERROR = {"Content-Type": "application/json"}
-
-
-@dataclass
-class RequestReset(Fault):
-    """Take in ``after`` bytes of the request body, forward nothing, reset the connection."""
-
-    after: int = 0
-
-
-class Proxy(FaultProxy):
-    async def _serve(
-        self, request: web.Request, fault: Fault, entry: Entry
-    ) -> web.StreamResponse:
-        if isinstance(fault, RequestReset):
-            async for chunk in request.content.iter_chunked(64 * 1024):
-                entry.received += len(chunk)
-                if entry.received >= fault.after:
-                    break
-            entry.status = -1
-            _reset(request)
-            raise asyncio.CancelledError
-        return await super()._serve(request, fault, entry)
 
 
 def oci_error(code: str) -> bytes:
@@ -113,13 +90,9 @@ def opener(
 
 
 @pytest.fixture()
-async def proxy(registry: RegistryServer) -> AsyncIterator[Proxy]:
-    running = Proxy(registry.url)
-    await running.start()
-    try:
+async def proxy(registry: RegistryServer) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy(registry.url) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 def target(session: Session, address: str, repo: str, options: HttpOptions) -> RegistryTarget:
@@ -174,7 +147,7 @@ async def push(
 
 @pytest.mark.parametrize("chunk_min", [None, 2 * MiB])
 async def test_chunked_upload_sends_inclusive_ranges_sized_by_the_registry(
-    registry: RegistryServer, repo: str, proxy: Proxy, chunk_min: int | None
+    registry: RegistryServer, repo: str, proxy: FaultProxy, chunk_min: int | None
 ) -> None:
     if chunk_min is not None:
         proxy.add("POST", UPLOADS, Fault(headers={"OCI-Chunk-Min-Length": str(chunk_min)}))
@@ -207,7 +180,7 @@ def test_parse_upload_range(header: str | None, offset: int | None) -> None:
 
 
 async def test_patch_answered_201_counts_as_accepted(
-    registry: RegistryServer, repo: str, proxy: Proxy
+    registry: RegistryServer, repo: str, proxy: FaultProxy
 ) -> None:
     # ECR answers a PATCH with 201 instead of 202 (protocol.md §5.1): still a stored chunk.
     proxy.add("PATCH", UPLOADS, Fault(rewrite_status=201))
@@ -221,10 +194,10 @@ async def test_patch_answered_201_counts_as_accepted(
 
 
 async def test_reset_patch_continues_from_the_registry_offset(
-    registry: RegistryServer, repo: str, proxy: Proxy
+    registry: RegistryServer, repo: str, proxy: FaultProxy
 ) -> None:
     # U1: the second PATCH breaks after 300 KiB, before the registry saw any of it.
-    proxy.add("PATCH", UPLOADS, RequestReset(after=300 * 1024), attempts={2})
+    proxy.add("PATCH", UPLOADS, Fault(reset_request_after=300 * 1024), attempts={2})
     data = os.urandom(4 * MiB + 5)
     desc = await push(proxy, repo, data, CHUNKED)
     assert await stored(registry, repo, desc) == data
@@ -238,7 +211,7 @@ async def test_reset_patch_continues_from_the_registry_offset(
 
 
 async def test_refused_range_resyncs_with_the_registry(
-    registry: RegistryServer, repo: str, proxy: Proxy
+    registry: RegistryServer, repo: str, proxy: FaultProxy
 ) -> None:
     # U2: one PATCH answered 416 (never forwarded): ask, then continue where the registry is.
     proxy.add("PATCH", UPLOADS, Fault(status=416, body=oci_error("RANGE_INVALID"),
@@ -256,7 +229,7 @@ async def test_refused_range_resyncs_with_the_registry(
 
 
 async def test_expired_token_on_a_patch_resyncs_and_a_lasting_refusal_fails(
-    registry: RegistryServer, repo: str, proxy: Proxy
+    registry: RegistryServer, repo: str, proxy: FaultProxy
 ) -> None:
     # U13's upload half: one PATCH refused with 401 (a token that ran out) is sent again after
     # a status request; a refusal that lasts ends the upload within the budget.
@@ -279,7 +252,7 @@ async def test_expired_token_on_a_patch_resyncs_and_a_lasting_refusal_fails(
 
 
 async def test_vanished_session_restarts_from_post(
-    registry: RegistryServer, repo: str, proxy: Proxy
+    registry: RegistryServer, repo: str, proxy: FaultProxy
 ) -> None:
     # U3: the session is gone (purged): a new POST, from byte 0.
     proxy.add("PATCH", UPLOADS, Fault(status=404, body=oci_error("BLOB_UPLOAD_UNKNOWN"),
@@ -299,7 +272,7 @@ async def test_vanished_session_restarts_from_post(
 
 
 async def test_patch_whose_answer_was_lost_restarts_when_the_session_is_refused(
-    registry: RegistryServer, repo: str, proxy: Proxy
+    registry: RegistryServer, repo: str, proxy: FaultProxy
 ) -> None:
     # The registry stored the PATCH but the answer never came: distribution then refuses the
     # session (its data is past the offset in our Location), so the upload starts over.
@@ -317,9 +290,9 @@ async def test_patch_whose_answer_was_lost_restarts_when_the_session_is_refused(
 
 
 async def test_failed_monolithic_put_continues_in_chunks(
-    registry: RegistryServer, repo: str, proxy: Proxy
+    registry: RegistryServer, repo: str, proxy: FaultProxy
 ) -> None:
-    proxy.add("PUT", UPLOADS, RequestReset(after=MiB), attempts={1})
+    proxy.add("PUT", UPLOADS, Fault(reset_request_after=MiB), attempts={1})
     data = os.urandom(3 * MiB + 5)
     desc = await push(proxy, repo, data, MONOLITHIC)
     assert await stored(registry, repo, desc) == data
@@ -333,7 +306,9 @@ async def test_failed_monolithic_put_continues_in_chunks(
     ]
 
 
-async def test_retry_budget_is_bounded(registry: RegistryServer, repo: str, proxy: Proxy) -> None:
+async def test_retry_budget_is_bounded(
+    registry: RegistryServer, repo: str, proxy: FaultProxy
+) -> None:
     proxy.add("PATCH", UPLOADS, Fault(status=503))
     data = os.urandom(2 * MiB + 5)
     with pytest.raises(RegistryError, match="503") as info:
@@ -350,7 +325,7 @@ async def test_retry_budget_is_bounded(registry: RegistryServer, repo: str, prox
 
 @pytest.mark.parametrize("options", [MONOLITHIC, CHUNKED], ids=["monolithic", "chunked"])
 async def test_lost_answer_to_the_closing_put_is_settled_by_head(
-    registry: RegistryServer, repo: str, proxy: Proxy, options: HttpOptions
+    registry: RegistryServer, repo: str, proxy: FaultProxy, options: HttpOptions
 ) -> None:
     # U4: the registry committed the blob but the answer was lost: no second upload.
     proxy.add("PUT", UPLOADS, Fault(swallow=True))
@@ -365,7 +340,7 @@ async def test_lost_answer_to_the_closing_put_is_settled_by_head(
 
 
 async def test_digest_invalid_fails_at_once(
-    registry: RegistryServer, repo: str, proxy: Proxy
+    registry: RegistryServer, repo: str, proxy: FaultProxy
 ) -> None:
     # U5: the registry says the bytes do not hash to the digest (changed in transit).
     proxy.add("PUT", UPLOADS, Fault(status=400, body=oci_error("DIGEST_INVALID"),
@@ -379,7 +354,7 @@ async def test_digest_invalid_fails_at_once(
 
 
 async def test_digest_invalid_pushes_no_manifest(
-    registry: RegistryServer, repo: str, proxy: Proxy, sample_layout: Path
+    registry: RegistryServer, repo: str, proxy: FaultProxy, sample_layout: Path
 ) -> None:
     proxy.add("PUT", UPLOADS, Fault(status=400, body=oci_error("DIGEST_INVALID"),
                                     headers=OCI_ERROR))
@@ -397,7 +372,7 @@ async def test_digest_invalid_pushes_no_manifest(
 
 
 async def test_existing_blobs_are_not_uploaded(
-    registry: RegistryServer, repo: str, proxy: Proxy, sample_layout: Path
+    registry: RegistryServer, repo: str, proxy: FaultProxy, sample_layout: Path
 ) -> None:
     # U12: copied once straight, then again through the proxy: not one upload request.
     await ociflow.copy(f"oci:{sample_layout}:1.0", f"docker://{registry.address}/{repo}:1.0",
@@ -409,7 +384,7 @@ async def test_existing_blobs_are_not_uploaded(
 
 
 async def test_source_failure_in_a_chunked_upload_commits_nothing(
-    registry: RegistryServer, repo: str, proxy: Proxy
+    registry: RegistryServer, repo: str, proxy: FaultProxy
 ) -> None:
     good = os.urandom(3 * MiB + 5)
     desc = describe(good)
@@ -468,7 +443,7 @@ async def start_push(
 
 
 async def test_cancelled_upload_deletes_its_session(
-    registry: RegistryServer, repo: str, proxy: Proxy
+    registry: RegistryServer, repo: str, proxy: FaultProxy
 ) -> None:
     # U15: cancelled mid-push: CancelledError propagates, the session is cancelled.
     data = os.urandom(2 * GATE + 5)
@@ -484,7 +459,7 @@ async def test_cancelled_upload_deletes_its_session(
 
 
 async def test_recorded_session_is_continued_by_the_next_run(
-    registry: RegistryServer, repo: str, proxy: Proxy
+    registry: RegistryServer, repo: str, proxy: FaultProxy
 ) -> None:
     data = os.urandom(2 * GATE + 5)
     store = MemoryStore()
@@ -513,7 +488,7 @@ async def test_recorded_session_is_continued_by_the_next_run(
 
 
 async def test_recorded_session_of_another_origin_is_not_used(
-    registry: RegistryServer, repo: str, proxy: Proxy
+    registry: RegistryServer, repo: str, proxy: FaultProxy
 ) -> None:
     data = os.urandom(MiB + 5)
     desc = describe(data)
