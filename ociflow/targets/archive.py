@@ -229,13 +229,14 @@ class OciArchiveWriter:
                               f"({fsutil.kind_of(old.st_mode)})")
         _sweep_abandoned(parent, self._path.name)
         temp = parent / f".{self._path.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
-        self._fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        # A new archive gets the usual permissions (0644 less the umask, applied by open); one
+        # replaced keeps its own (a private image stays private), and its temporary file is
+        # private until then. (Reading the umask would mean setting it: process-wide, racy.)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        self._fd = os.open(temp, flags, 0o600 if old else 0o644)
         self._temp = temp
-        # An archive replaced keeps its permissions (a private image stays private); a new one
-        # gets the usual ones (0644 less the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(self._fd, stat.S_IMODE(old.st_mode) if old else 0o644 & ~umask)
+        if old:
+            os.fchmod(self._fd, stat.S_IMODE(old.st_mode))
         fsutil.write_all(self._fd, _header(OCI_LAYOUT_FILE, len(_LAYOUT_JSON)) + _LAYOUT_JSON
                          + _padding(len(_LAYOUT_JSON)) + _header("blobs", 0, directory=True))
 
