@@ -15,7 +15,7 @@ from typing import Any
 
 from ociflow.errors import InvalidReferenceError
 from ociflow.http.options import HttpOptions
-from ociflow.manage import Registry
+from ociflow.manage import Registry, names_version
 from ociflow.reference import RegistryReference, parse_reference
 
 
@@ -31,14 +31,14 @@ async def _run(args: argparse.Namespace, options: HttpOptions) -> int:
         return 0
     text = args.repository if args.command == "tags" else args.reference
     ref = _registry_reference(text)
-    name = f"{ref.repository}@{ref.digest}" if ref.digest else f"{ref.repository}:{ref.tag}"
-    if args.command == "delete" and "@" not in text and ":" not in text.rsplit("/", 1)[-1]:
-        name = ref.repository  # no implicit latest: Registry.delete says so
+    # The name on the registry, with a tag or digest only where the user wrote one: the
+    # Registry calls say what each of them needs.
+    name = ref.repository
+    if names_version(text):
+        name += f"@{ref.digest}" if ref.digest else f":{ref.tag}"
     async with Registry(ref.registry, options=options) as registry:
         if args.command == "tags":
-            if "@" in text or ":" in text.rsplit("/", 1)[-1]:
-                raise InvalidReferenceError(f"{text}: name a repository, without tag or digest")
-            _print_names(await registry.tags(ref.repository, page_size=args.page_size), args)
+            _print_names(await registry.tags(name, page_size=args.page_size), args)
         elif args.command == "inspect":
             desc, data = await registry.manifest(name)
             if args.raw:

@@ -77,8 +77,10 @@ class Registry(AsyncClosing):
 
     async def tags(self, repository: str, *, page_size: int | None = None) -> list[str]:
         """The tags of ``repository``, in the registry's order."""
-        if "@" in repository or ":" in repository.rsplit("/", 1)[-1]:
-            raise InvalidReferenceError(f"{repository}: name a repository, without tag or digest")
+        if names_version(repository):
+            raise InvalidReferenceError(
+                f"{self.registry}/{repository}: name a repository, without tag or digest"
+            )
         ref = self.reference(repository)
         return await self._listing(f"/v2/{ref.repository}/tags/list", "tags", page_size,
                                    f"{ref.registry}/{ref.repository}: listing tags")
@@ -92,10 +94,10 @@ class Registry(AsyncClosing):
     async def delete(self, reference: str) -> Digest:
         """Delete the manifest ``reference`` names (a tag is resolved to its digest first);
         returns the digest deleted. The tag or digest must be named: no implicit ``latest``."""
-        if "@" not in reference and ":" not in reference.rsplit("/", 1)[-1]:
+        if not names_version(reference):
             raise InvalidReferenceError(
-                f"{reference}: name the tag or digest to delete (every tag on that manifest "
-                "goes with it)"
+                f"{self.registry}/{reference}: name the tag or digest to delete (every tag on "
+                "that manifest goes with it)"
             )
         ref = self.reference(reference)
         digest = ref.digest or (await self._target(ref).resolve()).digest
@@ -144,6 +146,12 @@ class Registry(AsyncClosing):
             items.extend(_page_items(body, key, context))
             url = _next_page(url, links, context)
         return items
+
+
+def names_version(reference: str) -> bool:
+    """Whether ``reference`` is written with a tag or digest: an ``@``, or a ``:`` in its last
+    path component (a ``:`` before that is a registry's port)."""
+    return "@" in reference or ":" in reference.rsplit("/", 1)[-1]
 
 
 def _page_items(body: bytes, key: str, context: str) -> list[str]:
