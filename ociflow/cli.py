@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ociflow {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = _common_options()
+    credentials = _credentials_type()
     copy = commands.add_parser(
         "copy",
         parents=[common],
@@ -60,10 +61,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="upload blobs larger than SIZE in chunks of SIZE, raised to what the "
                       "registry asks for (default: blobs of 256MiB and more, in chunks of "
                       "64MiB); a chunked upload can be resumed after a crash")
-    copy.add_argument("--src-creds", metavar="USER[:PASSWORD]", type=_credentials,
+    copy.add_argument("--src-creds", metavar="USER[:PASSWORD]", type=credentials,
                       help="credentials for the source registry (without the password: it is "
                            "asked for on a terminal, else read from standard input)")
-    copy.add_argument("--dest-creds", metavar="USER[:PASSWORD]", type=_credentials,
+    copy.add_argument("--dest-creds", metavar="USER[:PASSWORD]", type=credentials,
                       help="credentials for the destination registry (as --src-creds)")
     copy.add_argument("--src-azure", action="store_true",
                       help="sign in to the source registry (Azure Container Registry) with "
@@ -81,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
                       "upload sessions are recorded in $OCIFLOW_STATE_DIR or "
                       "~/.local/state/ociflow)")
     sign_in = argparse.ArgumentParser(add_help=False)
-    sign_in.add_argument("--creds", metavar="USER[:PASSWORD]", type=_credentials,
+    sign_in.add_argument("--creds", metavar="USER[:PASSWORD]", type=credentials,
                          help="credentials for the registry (without the password: it is "
                               "asked for on a terminal, else read from standard input)")
     sign_in.add_argument("--azure", action="store_true",
@@ -182,36 +183,35 @@ def _sign_in(creds: Credentials | None, azure: bool, side: str) -> Credentials |
     return AzureAD()
 
 
-def _credentials(text: str) -> Credentials:
-    """``USER:PASSWORD``, or ``USER`` alone: the password is then asked for on a terminal, or
-    read from the first line of standard input (so that it never shows in ``ps``)."""
+def _credentials_type() -> Callable[[str], Credentials]:
+    """The argparse type of ``--creds``-like options, for one parse: ``USER:PASSWORD``, or
+    ``USER`` alone, the password then asked for on a terminal or read from the first line of
+    standard input (so that it never shows in ``ps``); stdin holds one password at most."""
     from ociflow.http.credentials import Credentials
 
-    if ":" not in text and text:
-        return Credentials(username=text, password=_read_password(text))
-    try:
-        return Credentials.parse(text)
-    except ValueError:
-        # Never echo the argument back: it holds a password.
-        raise argparse.ArgumentTypeError("expected USER[:PASSWORD]") from None
+    stdin_read = False
 
+    def parse(text: str) -> Credentials:
+        nonlocal stdin_read
+        if ":" in text or not text:
+            try:
+                return Credentials.parse(text)
+            except ValueError:
+                # Never echo the argument back: it holds a password.
+                raise argparse.ArgumentTypeError("expected USER[:PASSWORD]") from None
+        if sys.stdin.isatty():
+            import getpass
 
-_stdin_read = False
+            return Credentials(username=text, password=getpass.getpass(f"Password for {text}: "))
+        if stdin_read:
+            raise argparse.ArgumentTypeError("only one password can be read from standard input")
+        stdin_read = True
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise argparse.ArgumentTypeError(f"no password for {text} on standard input")
+        return Credentials(username=text, password=password)
 
-
-def _read_password(user: str) -> str:
-    global _stdin_read
-    if sys.stdin.isatty():
-        import getpass
-
-        return getpass.getpass(f"Password for {user}: ")
-    if _stdin_read:
-        raise argparse.ArgumentTypeError("only one password can be read from standard input")
-    _stdin_read = True
-    password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise argparse.ArgumentTypeError(f"no password for {user} on standard input")
-    return password
+    return parse
 
 
 def _non_negative(text: str) -> int:
@@ -259,8 +259,6 @@ def run() -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (also used by the console script)."""
-    global _stdin_read
-    _stdin_read = False
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help(sys.stderr)
