@@ -15,15 +15,14 @@ import subprocess
 import sys
 import time
 
-# name -> command; a Python import line is only measured when the module is installed.
-_PYTHON_IMPORTS = {
-    "python": "pass",
-    "python + requests": "import requests",
-    "python + asyncio + aiohttp": "import asyncio, aiohttp",
-    "python + ociflow copy imports": (
-        "import ociflow.engine, ociflow.targets.registry, ociflow.targets.layout"
-    ),
-}
+# (name, the module that must be installed or None, the code run)
+_PYTHON_STEPS = (
+    ("python", None, "pass"),
+    ("python + requests", "requests", "import requests"),
+    ("python + asyncio + aiohttp", "aiohttp", "import asyncio, aiohttp"),
+    ("python + ociflow copy imports", "ociflow",
+     "import ociflow.engine, ociflow.targets.registry, ociflow.targets.layout"),
+)
 
 
 def _median_wall(command: list[str], runs: int) -> float:
@@ -38,9 +37,8 @@ def _median_wall(command: list[str], runs: int) -> float:
 def measure_startup(runs: int = 7) -> dict[str, float]:
     """Median wall seconds of each start-up step that is available on this machine."""
     results: dict[str, float] = {}
-    for name, code in _PYTHON_IMPORTS.items():
-        module = code.removeprefix("import ").split(",")[0].split(".")[0].strip()
-        if code != "pass" and importlib.util.find_spec(module) is None:
+    for name, module, code in _PYTHON_STEPS:
+        if module is not None and importlib.util.find_spec(module) is None:
             continue
         results[name] = _median_wall([sys.executable, "-c", code], runs)
     for name, program in (("ociflow --version", "ociflow"), ("skopeo --version", "skopeo")):
