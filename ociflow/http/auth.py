@@ -242,7 +242,7 @@ class Authenticator:
             raise AuthenticationError(f"{context}: the token server's answer is too large")
         value, lifetime = _parse_token(body, context)
         self.tokens_fetched += 1
-        expires = received + max(lifetime, MIN_TOKEN_LIFETIME) - RENEW_BEFORE
+        expires = received + lifetime - RENEW_BEFORE  # lifetime: 60 s to 24 h
         return _Token(value, atoms, expires)
 
     def _check_realm(self, challenge: Challenge, creds: Credentials | None, context: str) -> URL:
@@ -401,7 +401,8 @@ def _basic(creds: Credentials | None) -> str | None:
 
 
 def _parse_token(body: bytes, context: str) -> tuple[str, float]:
-    """(token, lifetime in seconds) from a token response; ``access_token`` is an alias."""
+    """(token, lifetime in seconds, within 60 s and 24 h) from a token response;
+    ``access_token`` is an alias."""
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
