@@ -117,7 +117,6 @@ class Authenticator:
         # A token fetch that failed (after its retries) is not repeated by every request
         # waiting for it: a wrong password must not become a burst of failed logins.
         self._failed: dict[frozenset[Atom], OciflowError] = {}
-        self.tokens_fetched = 0
 
     def is_registry(self, url: URL) -> bool:
         """Whether ``url`` is on the registry's own origin (the only one credentials go to)."""
@@ -241,7 +240,6 @@ class Authenticator:
         if len(body) > MAX_TOKEN_RESPONSE:
             raise AuthenticationError(f"{context}: the token server's answer is too large")
         value, lifetime = _parse_token(body, context)
-        self.tokens_fetched += 1
         expires = received + lifetime - RENEW_BEFORE  # lifetime: 60 s to 24 h
         return _Token(value, atoms, expires)
 

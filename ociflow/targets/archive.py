@@ -46,7 +46,6 @@ from ociflow.descriptor import Descriptor
 from ociflow.digest import Digest, verify_bytes
 from ociflow.errors import (
     DigestMismatchError,
-    InvalidManifestError,
     InvalidReferenceError,
     LayoutError,
     NotFoundError,
@@ -61,6 +60,8 @@ from ociflow.targets.layout import (
     MAX_INDEX_SIZE,
     OCI_LAYOUT_FILE,
     REF_NAME,
+    check_layout_marker,
+    parse_index,
     select_entry,
     without_names,
 )
@@ -367,18 +368,10 @@ class OciArchiveReader:
         if INDEX_FILE not in self._members and SAVED_MANIFEST in self._members:
             result: Descriptor = await self._threads.run(self._from_docker_save)
             return result
-        layout = await self._threads.run(self._read, OCI_LAYOUT_FILE, 4096)
-        try:
-            version = json.loads(layout).get("imageLayoutVersion")
-        except (ValueError, AttributeError, RecursionError):
-            version = None
-        if not isinstance(version, str) or version.split(".")[0] != "1":
-            raise LayoutError(f"{self._where}: invalid {OCI_LAYOUT_FILE}")
+        marker = await self._threads.run(self._read, OCI_LAYOUT_FILE, 4096)
+        check_layout_marker(marker, self._where)
         data = await self._threads.run(self._read, INDEX_FILE, MAX_INDEX_SIZE)
-        try:
-            index = parse_manifest(data, mediatypes.OCI_INDEX)
-        except InvalidManifestError as exc:
-            raise LayoutError(f"{self._where}: invalid {INDEX_FILE}: {exc}") from None
+        index = parse_index(data, self._where)
         return without_names(select_entry(self._ref, index.manifests))
 
     async def fetch_manifest(self, desc: Descriptor) -> bytes:

@@ -316,15 +316,7 @@ class LayoutTarget:
         )
         if marker is None:
             raise LayoutError(f"{self._where}: not an OCI image layout (no {OCI_LAYOUT_FILE})")
-        try:
-            version = json.loads(marker).get("imageLayoutVersion")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            version = None
-        if not isinstance(version, str) or version.split(".")[0] != "1":
-            raise LayoutError(
-                f"{self._where}: invalid {OCI_LAYOUT_FILE}: "
-                f"expected imageLayoutVersion {LAYOUT_VERSION!r}"
-            )
+        check_layout_marker(marker, self._where)
         index, _ = self._read_index(root)
         return index
 
@@ -332,11 +324,7 @@ class LayoutTarget:
         data = fsutil.read_file(INDEX_FILE, root, f"{self._where}: {INDEX_FILE}", MAX_INDEX_SIZE)
         if data is None:
             raise LayoutError(f"{self._where}: not an OCI image layout (no {INDEX_FILE})")
-        try:
-            index = parse_manifest(data, mediatypes.OCI_INDEX)
-        except InvalidManifestError as exc:
-            raise LayoutError(f"{self._where}: invalid {INDEX_FILE}: {exc}") from None
-        return index, data
+        return parse_index(data, self._where), data
 
     def _blob_dir(self, root: int, digest: Digest, *, create: bool = False) -> int:
         """``blobs/<alg>`` opened without following symlinks (FileNotFoundError if missing)."""
@@ -765,6 +753,26 @@ def _annotation(desc: Descriptor, key: str) -> str | None:
 def _tags(entries: tuple[Descriptor, ...]) -> str:
     names = sorted({t for e in entries if (t := _annotation(e, REF_NAME)) is not None})
     return ", ".join(names) or "none"
+
+
+def check_layout_marker(data: bytes, where: str) -> None:
+    """Refuse an ``oci-layout`` file that does not say layout version 1."""
+    try:
+        version = json.loads(data).get("imageLayoutVersion")
+    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
+        version = None
+    if not isinstance(version, str) or version.split(".")[0] != "1":
+        raise LayoutError(
+            f"{where}: invalid {OCI_LAYOUT_FILE}: expected imageLayoutVersion {LAYOUT_VERSION!r}"
+        )
+
+
+def parse_index(data: bytes, where: str) -> Manifest:
+    """The parsed ``index.json`` of a layout (a LayoutError when it is not a valid index)."""
+    try:
+        return parse_manifest(data, mediatypes.OCI_INDEX)
+    except InvalidManifestError as exc:
+        raise LayoutError(f"{where}: invalid {INDEX_FILE}: {exc}") from None
 
 
 def select_entry(ref: LayoutReference, entries: tuple[Descriptor, ...]) -> Descriptor:
