@@ -18,6 +18,7 @@ from ociflow.digest import Digest
 from ociflow.errors import DigestMismatchError, LayoutError, NotFoundError
 from ociflow.reference import LayoutReference, parse_reference
 from tests.fault_proxy import Fault, FaultProxy
+from tests.layouts import tagged
 from tests.registry_server import RegistryServer
 from tests.test_copy_errors import corrupt_copy
 
@@ -25,9 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 def root_digest(layout: Path, tag: str) -> str:
-    index = json.loads((layout / "index.json").read_text())
-    return str(next(e["digest"] for e in index["manifests"]
-                    if e.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag))
+    return str(tagged(layout, tag)["digest"])
 
 
 def leftovers(directory: Path) -> list[str]:

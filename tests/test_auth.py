@@ -45,6 +45,7 @@ from tests.auth_servers import (
 )
 from tests.conftest import PASSWORDS, require_binary
 from tests.fault_proxy import Fault, FaultProxy
+from tests.layouts import tagged_manifest
 from tests.registry_server import RegistryServer
 
 ALICE = Credentials("alice", PASSWORDS["alice"])
@@ -77,15 +78,6 @@ def basic_reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServ
 
 def options(**more: object) -> HttpOptions:
     return HttpOptions(**{"retry": FAST, **more})  # type: ignore[arg-type]
-
-
-def tagged_manifest(layout: Path, tag: str) -> bytes:
-    index = json.loads((layout / "index.json").read_text())
-    for entry in index["manifests"]:
-        if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
-            digest = Digest(entry["digest"])
-            return (layout / "blobs" / digest.algorithm / digest.encoded).read_bytes()
-    raise AssertionError(f"no tag {tag} in {layout}")
 
 
 def assert_no_secret(text: str, *secrets: str) -> None:

@@ -9,7 +9,6 @@ in-test object with azure-identity's ``get_token`` interface.
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from ociflow.errors import AuthenticationError
 from ociflow.http.options import HttpOptions
 from ociflow.http.retry import RetryPolicy
 from tests.fault_proxy import FaultProxy
+from tests.layouts import tagged_manifest
 from tests.registry_server import RegistryServer
 
 FAST = HttpOptions(retry=RetryPolicy(attempts=2, base_delay=0.05))
@@ -97,14 +97,6 @@ async def acr(registry: RegistryServer) -> AsyncIterator[FakeACR]:
         yield gateway
 
 
-def manifest_of(layout: Path, tag: str) -> bytes:
-    index = json.loads((layout / "index.json").read_text())
-    entry = next(e for e in index["manifests"]
-                 if e["annotations"]["org.opencontainers.image.ref.name"] == tag)
-    algorithm, encoded = entry["digest"].split(":")
-    return (layout / "blobs" / algorithm / encoded).read_bytes()
-
-
 async def test_push_and_pull_with_azure_ad(
     acr: FakeACR, sample_layout: Path, tmp_path: Path, repo: str,
     caplog: pytest.LogCaptureFixture,
@@ -118,7 +110,7 @@ async def test_push_and_pull_with_azure_ad(
     await ociflow.copy(f"oci:{sample_layout}:1.0", dst, options=FAST, dst_credentials=sign_in)
     out = tmp_path / "out"
     await ociflow.copy(dst, f"oci:{out}:1.0", options=FAST, src_credentials=sign_in)
-    assert manifest_of(out, "1.0") == manifest_of(sample_layout, "1.0")
+    assert tagged_manifest(out, "1.0") == tagged_manifest(sample_layout, "1.0")
 
     assert credential.scopes == [("https://containerregistry.azure.net/.default",)] * 2
     assert len(acr.exchanges) == 2  # one per copy, not one per request

@@ -13,28 +13,10 @@ import ociflow
 from ociflow import mediatypes
 from ociflow.digest import Digest
 from tests.fault_proxy import FaultProxy
+from tests.layouts import blob, tagged
 from tests.registry_server import RegistryServer
 
 pytestmark = pytest.mark.integration
-
-
-def layout_index(path: Path) -> dict:
-    return json.loads((path / "index.json").read_text())
-
-
-def tagged(path: Path, tag: str) -> dict:
-    entries = [
-        m
-        for m in layout_index(path)["manifests"]
-        if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag
-    ]
-    assert len(entries) == 1, entries
-    return entries[0]
-
-
-def blob(path: Path, digest: str) -> bytes:
-    algorithm, encoded = digest.split(":")
-    return (path / "blobs" / algorithm / encoded).read_bytes()
 
 
 def skopeo_raw(skopeo: str, ref: str) -> bytes:

@@ -15,17 +15,14 @@ from ociflow.errors import InvalidReferenceError, NotFoundError, RegistryError
 from ociflow.manage import Registry
 from tests.conftest import PASSWORDS
 from tests.fault_proxy import Fault, FaultProxy
+from tests.layouts import tagged, tagged_manifest
 from tests.registry_server import RegistryServer
 
 pytestmark = pytest.mark.integration
 
 
 def layout_manifest(layout: Path, tag: str) -> tuple[str, bytes]:
-    index = json.loads((layout / "index.json").read_text())
-    entry = next(e for e in index["manifests"]
-                 if e["annotations"]["org.opencontainers.image.ref.name"] == tag)
-    algorithm, encoded = entry["digest"].split(":")
-    return entry["digest"], (layout / "blobs" / algorithm / encoded).read_bytes()
+    return tagged(layout, tag)["digest"], tagged_manifest(layout, tag)
 
 
 async def push(registry: RegistryServer, sample: Path, repo: str, *tags: str) -> None:
